@@ -140,7 +140,7 @@ def as_ids(ids, name="ids", n=None, unique=True):
     """Item ids as a C-contiguous int32 array in [0, 2^31 - 1)."""
     ids = _from_torch(ids)
     if isinstance(ids, (list, tuple, range)):
-        ids = np.asarray(ids, dtype=np.int64) if len(ids) else np.zeros(0, dtype=np.int64)
+        ids = np.asarray(ids) if len(ids) else np.zeros(0, dtype=np.int64)
     if not isinstance(ids, np.ndarray):
         raise TypeError(f"{name}: expected an integer array, got {type(ids).__name__}")
     if ids.dtype.kind not in "iu":

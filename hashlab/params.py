@@ -42,7 +42,7 @@ def retrieved_fraction(q: float, k: int, l: int) -> float:
 
 
 def default_params(n_items, dim, target_fraction, family="simhash", bin_size=8,
-                   neighbor_angle=math.pi / 4, min_recall=0.9, max_l=512) -> LSHParams:
+                   neighbor_angle=math.pi / 4, min_recall=0.9, max_l=512, l=None) -> LSHParams:
     """LSH parameters for indexing ``n_items`` vectors of ``dim`` dimensions.
 
     target_fraction: in (0, 1], the fraction of the items a query should retrieve.
@@ -50,7 +50,8 @@ def default_params(n_items, dim, target_fraction, family="simhash", bin_size=8,
     bits per code). neighbor_angle: angle (radians) of the neighbours whose recall
     is optimised; for WTA families it sets the per-code collision probability
     q1 = 1 - angle/pi as well (an approximation: WTA codes have no closed form).
-    Returns an LSHParams.
+    l: fix the number of tables and choose only k (e.g. many tables so that
+    collision counts rank candidates, as SparseMLP does). Returns an LSHParams.
     """
     n_items = check_int(n_items, "n_items", 1)
     check_int(dim, "dim", 1)
@@ -59,6 +60,7 @@ def default_params(n_items, dim, target_fraction, family="simhash", bin_size=8,
     angle = check_float(neighbor_angle, "neighbor_angle", 0.0, math.pi, lo_open=True)
     min_recall = check_float(min_recall, "min_recall", 0.0, 1.0)
     max_l = check_int(max_l, "max_l", 1, 65535)
+    ls = range(1, max_l + 1) if l is None else [check_int(l, "l", 1, 65535)]
     if family == "simhash":
         q0, code_bits = 0.5, 1
     else:
@@ -69,7 +71,7 @@ def default_params(n_items, dim, target_fraction, family="simhash", bin_size=8,
     q1 = 1.0 - angle / math.pi
     k_max = 32 // code_bits
     best = None
-    for l in range(1, max_l + 1):
+    for l in ls:
         k = next((k for k in range(1, k_max + 1) if retrieved_fraction(q0, k, l) <= f), k_max)
         cand = (k, l, retrieved_fraction(q0, k, l), retrieved_fraction(q1, k, l))
         if best is None or cand[3] > best[3] + 1e-12:

@@ -21,6 +21,7 @@ PYBIND11_MODULE(_C, m) {
   bind_simhash(m);
   bind_wta(m);
   bind_tables(m);
+  bind_sparse_layer(m);
 }
 
 }  // namespace

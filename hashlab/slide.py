@@ -1,0 +1,541 @@
+"""SLIDE-style sparse MLP training on CPU (Chen et al., MLSys 2020), done right.
+
+Network: sparse input (CSR) -> dense hidden layers -> a huge output layer of which
+each sample activates only ~target_active neurons: its true labels, then the
+neurons its last hidden activation collides with in LSH tables over the output
+weights (best collision count first), then random neurons if still short. Softmax
+cross-entropy runs over that active set only.
+
+What differs from the original SLIDE code (see ../shared/reference.md section 3):
+- Lazy Adam: a batch updates only the rows it touched (output neurons and input
+  features), with torch.optim.SparseAdam's rule; no dense pass over all weights.
+- No per-neuron per-sample buffers: the C++ backward groups the batch's
+  (neuron, sample, dz) triples by neuron, so each row is summed and stepped by one
+  thread. Nothing is racy and results do not depend on the thread count.
+- Table maintenance: rows changed since the last rehash are re-hashed on an
+  exponentially growing schedule (first after ``rebuild_first`` batches, each period
+  ``rebuild_growth`` times the previous); only rows whose keys changed are removed and
+  reinserted.
+- Shuffled every epoch, evaluated on whole sets, configured at run time from Python.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import tempfile
+import threading
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import _C
+from ._validate import check_choice, check_float, check_int
+from .params import default_params
+from .simhash import SimHash
+from .tables import LSHTables
+from .wta import DWTAHash
+
+FORMAT_VERSION = 1
+ACTIVATIONS = ("relu", "tanh")
+
+
+class _Adam:
+    """Weights with their Adam moments (float32, C-contiguous)."""
+
+    def __init__(self, w):
+        self.w = np.ascontiguousarray(w, dtype=np.float32)
+        self.m = np.zeros_like(self.w)
+        self.v = np.zeros_like(self.w)
+
+    def dense_step(self, g, lr, b1, b2, eps, t):
+        """Plain Adam (torch.optim.Adam's rule) for small dense parameters."""
+        self.m *= b1
+        self.m += (1 - b1) * g
+        self.v *= b2
+        self.v += (1 - b2) * g * g
+        step = lr / (1 - b1 ** t)
+        denom = np.sqrt(self.v) / math.sqrt(1 - b2 ** t) + eps
+        self.w -= (step * self.m / denom).astype(np.float32)
+
+    @property
+    def nbytes(self):
+        return self.w.nbytes * 3
+
+
+def _uniform(rng, shape, bound):
+    """U(-bound, bound) float32 without float64 temporaries (huge output layers)."""
+    w = rng.random(shape, dtype=np.float32)
+    w *= np.float32(2 * bound)
+    w -= np.float32(bound)
+    return w
+
+
+def _as_features(X, input_dim):
+    if not sp.issparse(X):
+        raise TypeError(f"X: expected a scipy.sparse CSR matrix (n, {input_dim}), got {type(X).__name__}")
+    X = X.tocsr()
+    if X.shape[1] != input_dim:
+        raise ValueError(f"X: expected {input_dim} columns (input_dim), got {X.shape[1]}")
+    if X.dtype.kind not in "fiub":
+        raise TypeError(f"X: expected a real dtype, got {X.dtype}")
+    if X.dtype != np.float32:
+        X = X.astype(np.float32)
+    if X.nnz and not np.isfinite(X.data).all():
+        pos = int(np.argmax(~np.isfinite(X.data)))
+        row = int(np.searchsorted(X.indptr, pos, side="right") - 1)
+        raise ValueError(f"X: expected finite values, got NaN or inf in row {row}")
+    if not X.has_canonical_format:
+        X = X.copy()
+        X.sum_duplicates()
+    return X
+
+
+def _as_labels(Y, n, output_dim):
+    """Labels as a CSR indicator (n, output_dim) with sorted unique ids per row."""
+    if sp.issparse(Y):
+        Y = Y.tocsr()
+        if Y.shape != (n, output_dim):
+            raise ValueError(f"Y: expected shape ({n}, {output_dim}), got {Y.shape}")
+        Y = Y.copy()
+        Y.sum_duplicates()
+        Y.eliminate_zeros()
+    elif isinstance(Y, (list, tuple)):
+        if len(Y) != n:
+            raise ValueError(f"Y: expected {n} label lists (one per row of X), got {len(Y)}")
+        lens = np.fromiter((len(r) for r in Y), dtype=np.int64, count=n)
+        flat = np.fromiter((int(v) for r in Y for v in r), dtype=np.int64, count=int(lens.sum()))
+        if flat.size and (flat.min() < 0 or flat.max() >= output_dim):
+            bad = int(np.flatnonzero((flat < 0) | (flat >= output_dim))[0])
+            row = int(np.searchsorted(np.cumsum(lens), bad, side="right"))
+            raise ValueError(f"Y: expected labels in [0, {output_dim}), got {flat[bad]} in row {row}")
+        indptr = np.concatenate([[0], np.cumsum(lens)])
+        Y = sp.csr_matrix((np.ones(flat.size, np.float32), flat, indptr), shape=(n, output_dim))
+        Y.sum_duplicates()
+    else:
+        raise TypeError(f"Y: expected a scipy.sparse indicator matrix or a list of label lists, got {type(Y).__name__}")
+    empty = np.flatnonzero(np.diff(Y.indptr) == 0)
+    if empty.size:
+        raise ValueError(f"Y: expected at least one label per row, row {int(empty[0])} has none")
+    return Y
+
+
+class SparseMLP:
+    """An MLP with a huge output layer trained sparsely with LSH-selected neurons.
+
+    Parameters
+    ----------
+    input_dim, output_dim : int, features and labels.
+    hidden : tuple of int, hidden layer widths (default (128,)).
+    activation : "relu" | "tanh", for the hidden layers.
+    hash : "dwta" | "simhash", the family hashing output neurons and activations.
+    k, l : codes per key and tables; l defaults to 50 and k is chosen with
+        hashlab.default_params so that about twice target_active neurons are
+        retrieved for unrelated activations (then trimmed by collision count).
+    target_active : active output neurons per sample (labels included); default
+        min(output_dim, max(512, output_dim // 100)). target_active >= output_dim
+        trains the full softmax.
+    lr : Adam learning rate (betas 0.9, 0.999, eps 1e-8).
+    seed : int, drives initialisation, hashing, shuffling and random fill.
+    bucket_capacity, rebuild_first, rebuild_growth : table capacity (default from
+        default_params), batches before the first rehash, and the growth factor of
+        the rehash period.
+    """
+
+    def __init__(self, input_dim, output_dim, hidden=(128,), activation="relu", hash="dwta", k=None, l=None,
+                 target_active=None, lr=1e-3, seed=0, bucket_capacity=None, rebuild_first=50,
+                 rebuild_growth=1.2, bin_size=8):
+        self._configure(input_dim, output_dim, hidden, activation, hash, k, l, target_active, lr, seed,
+                        bucket_capacity, rebuild_first, rebuild_growth, bin_size)
+        self._init_params()
+        self._build_tables()
+
+    def _configure(self, input_dim, output_dim, hidden, activation, hash, k, l, target_active, lr, seed,
+                   bucket_capacity, rebuild_first, rebuild_growth, bin_size):
+        self.input_dim = check_int(input_dim, "input_dim", 1, 2**31 - 2)
+        self.output_dim = check_int(output_dim, "output_dim", 2, 2**31 - 2)
+        if isinstance(hidden, (int, np.integer)):
+            hidden = (hidden,)
+        if not isinstance(hidden, (tuple, list)) or not hidden:
+            raise TypeError(f"hidden: expected a non-empty tuple of layer widths, got {hidden!r}")
+        self.hidden = tuple(check_int(h, "hidden", 1, 65536) for h in hidden)
+        self.activation = check_choice(activation, "activation", ACTIVATIONS)
+        self.hash = check_choice(hash, "hash", ("dwta", "simhash"))
+        if target_active is None:
+            target_active = min(self.output_dim, max(512, self.output_dim // 100))
+        self.target_active = check_int(target_active, "target_active", 1)
+        self.lr = check_float(lr, "lr", 0.0, 10.0, lo_open=True)
+        self.seed = check_int(seed, "seed", 0, 2**32 - 1)
+        self.rebuild_first = check_int(rebuild_first, "rebuild_first", 1)
+        self.rebuild_growth = check_float(rebuild_growth, "rebuild_growth", 1.0, 100.0)
+        self.bin_size = check_int(bin_size, "bin_size", 2, 256)
+        # Many tables (SLIDE uses 50) so that collision counts rank the candidates;
+        # k so that about twice target_active neurons are retrieved.
+        self.l = 50 if l is None else check_int(l, "l", 1, 65535)
+        frac = min(1.0, 2.0 * self.target_active / self.output_dim)
+        p = default_params(self.output_dim, self.hidden[-1], frac, family=self.hash, bin_size=self.bin_size,
+                           l=self.l)
+        self.k = p.k if k is None else check_int(k, "k", 1, 32)
+        self.bucket_capacity = p.bucket_capacity if bucket_capacity is None else \
+            check_int(bucket_capacity, "bucket_capacity", 1, 65535)
+        self._range_bits = p.range_bits
+        self.step = 0
+        self._epoch_rng = np.random.default_rng(self.seed + 1)
+        self._next_rebuild = self.rebuild_first
+        self._period = float(self.rebuild_first)
+        self.rebuilds = 0
+        self.history = []
+
+    def _init_params(self):
+        rng = np.random.default_rng(self.seed)
+        sizes = (self.input_dim,) + self.hidden
+        # input layer: rows are features (gathered per non-zero); N(0, 1/width)
+        w0 = rng.standard_normal((self.input_dim, self.hidden[0]), dtype=np.float32)
+        w0 *= np.float32(1 / math.sqrt(self.hidden[0]))
+        self.layers = [_Adam(w0)]
+        for a, b in zip(sizes[1:-1], sizes[2:]):  # dense hidden layers, torch.nn.Linear's init
+            self.layers.append(_Adam(_uniform(rng, (a, b), 1 / math.sqrt(a))))
+        self.biases = [_Adam(np.zeros(h, np.float32)) for h in self.hidden]
+        d = self.hidden[-1]
+        self.out_w = _Adam(_uniform(rng, (self.output_dim, d), 1 / math.sqrt(d)))
+        self.out_b = _Adam(np.zeros(self.output_dim, np.float32))
+
+    # -- hashing of the output layer ---------------------------------------------------
+    def _make_hasher(self):
+        d = self.hidden[-1]
+        hseed = self.seed + 2
+        if self.hash == "dwta":
+            return DWTAHash(d, self.k, self.l, bin_size=self.bin_size, seed=hseed)
+        return SimHash(d, self.k, self.l, kind="gaussian", seed=hseed)
+
+    def _build_tables(self, keys=None):
+        self.hasher = self._make_hasher()
+        rb = min(self._range_bits, self.hasher.key_bits)
+        self.tables = LSHTables(self.hasher, bucket_capacity=self.bucket_capacity, policy="reservoir",
+                                range_bits=rb, seed=self.seed + 3)
+        self._keys = self.hasher.hash(self.out_w.w) if keys is None else keys
+        self.tables.insert_keys(np.arange(self.output_dim, dtype=np.int32), self._keys)
+        self._dirty = np.zeros(self.output_dim, dtype=np.uint8)
+
+    def _rehash(self):
+        """Re-hashes rows updated since the last rehash; moves those whose keys changed."""
+        rows = np.flatnonzero(self._dirty).astype(np.int32)
+        if rows.size:
+            keys = self.hasher.hash(self.out_w.w[rows])
+            changed = np.flatnonzero((keys != self._keys[rows]).any(axis=1))
+            ids = rows[changed]
+            if ids.size:
+                self.tables.remove(ids)
+                self.tables.insert_keys(ids, keys[changed])
+                self._keys[ids] = keys[changed]
+        self._dirty[:] = 0
+        self.rebuilds += 1
+        self._period *= self.rebuild_growth
+        self._next_rebuild = self.step + max(1, int(round(self._period)))
+
+    # -- forward / backward ----------------------------------------------------------
+    def _act(self, z):
+        return np.maximum(z, 0, out=z) if self.activation == "relu" else np.tanh(z, out=z)
+
+    def _act_grad(self, h, g):
+        if self.activation == "relu":
+            g *= h > 0
+        else:
+            g *= 1 - h * h
+        return g
+
+    def _hidden(self, X):
+        """Hidden activations of every layer for CSR rows X: list of (n, width) float32."""
+        hs = [np.ascontiguousarray(self._act(np.asarray(X @ self.layers[0].w) + self.biases[0].w),
+                                   dtype=np.float32)]
+        for W, b in zip(self.layers[1:], self.biases[1:]):
+            hs.append(np.ascontiguousarray(self._act(hs[-1] @ W.w + b.w), dtype=np.float32))
+        return hs
+
+    def _train_batch(self, X, Y):
+        hs = self._hidden(X)
+        H = hs[-1]
+        keys = self.hasher.hash(H)
+        if self.target_active >= self.output_dim:
+            cind, cids = np.zeros(X.shape[0] + 1, np.int64), np.zeros(0, np.int32)
+        else:
+            cind, cids, _ = self.tables.query_keys(keys, 1, self.target_active)
+        self.step += 1
+        t, lr = self.step, self.lr
+        loss, active, _, dH = _C.sparse_output_train(
+            H, cind, cids, Y.indptr.astype(np.int64), Y.indices.astype(np.int32), self.target_active,
+            (self.seed * 1_000_003 + t) & (2**64 - 1), self.out_w.w, self.out_w.m, self.out_w.v,
+            self.out_b.w, self.out_b.m, self.out_b.v, lr, 0.9, 0.999, 1e-8, t, self._dirty)
+        g = dH
+        for i in range(len(self.hidden) - 1, -1, -1):
+            g = self._act_grad(hs[i], g)
+            self.biases[i].dense_step(g.sum(0), lr, 0.9, 0.999, 1e-8, t)
+            if i > 0:
+                gW = hs[i - 1].T @ g
+                g_prev = g @ self.layers[i].w.T
+                self.layers[i].dense_step(gW, lr, 0.9, 0.999, 1e-8, t)
+                g = g_prev
+        # input layer: only the features present in the batch
+        Xt = X.T.tocsr()
+        rows = np.flatnonzero(np.diff(Xt.indptr))
+        G = np.ascontiguousarray(Xt[rows] @ g, dtype=np.float32)
+        L0 = self.layers[0]
+        _C.adam_rows(L0.w, L0.m, L0.v, rows.astype(np.int64), G, lr, 0.9, 0.999, 1e-8, t)
+        if self.step >= self._next_rebuild:
+            self._rehash()
+        return loss, active
+
+    # -- public API ----------------------------------------------------------------------
+    def fit(self, X, Y, epochs=1, batch_size=256, validation=None, checkpoint=None, checkpoint_every=None,
+            eval_every=None, eval_size=2000, verbose=True):
+        """Trains on X (n, input_dim) CSR float32 with labels Y.
+
+        Y: CSR indicator (n, output_dim) or a list of n label lists. Shuffles every
+        epoch; can be called again to continue. validation: optional (X_val, Y_val);
+        P@1 on up to ``eval_size`` of its rows is shown every ``eval_every`` batches
+        (default: 10 times per epoch) and at the end of each epoch. checkpoint: a path
+        saved atomically every ``checkpoint_every`` batches (default: each epoch) and at
+        the end. KeyboardInterrupt stops after the current batch, leaving the model
+        consistent and the last checkpoint intact. Returns self; per-evaluation
+        records go to ``self.history`` (time, samples, loss, P@1).
+        """
+        X = _as_features(X, self.input_dim)
+        n = X.shape[0]
+        if n == 0:
+            raise ValueError("X: expected at least one row, got an empty data set")
+        Y = _as_labels(Y, n, self.output_dim)
+        epochs = check_int(epochs, "epochs", 0)
+        batch_size = check_int(batch_size, "batch_size", 1)
+        eval_size = check_int(eval_size, "eval_size", 1)
+        n_batches = -(-n // batch_size)
+        eval_every = max(1, n_batches // 10) if eval_every is None else check_int(eval_every, "eval_every", 1)
+        if checkpoint_every is not None:
+            checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
+        val = None
+        if validation is not None:
+            if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+                raise TypeError("validation: expected a tuple (X_val, Y_val)")
+            Xv = _as_features(validation[0], self.input_dim)
+            Yv = _as_labels(validation[1], Xv.shape[0], self.output_dim)
+            sub = np.random.default_rng(self.seed + 4).permutation(Xv.shape[0])[:eval_size]
+            val = (Xv[sub], Yv[sub])
+
+        from tqdm.auto import tqdm
+
+        interrupted = []
+        restore = None
+        if threading.current_thread() is threading.main_thread():
+            restore = signal.signal(signal.SIGINT, lambda *a: interrupted.append(True))
+        bar = tqdm(total=epochs * n, unit="samples", disable=not verbose, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        seen, ema = 0, None
+        train_time = self.history[-1]["time"] if self.history else 0.0
+        try:
+            for _ in range(epochs):
+                order = self._epoch_rng.permutation(n)
+                for b in range(n_batches):
+                    idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
+                    loss, _ = self._train_batch(X[idx], Y[idx])
+                    seen += idx.size
+                    ema = loss / idx.size if ema is None else 0.95 * ema + 0.05 * loss / idx.size
+                    bar.update(idx.size)
+                    post = {"loss": f"{ema:.3f}", "samples/s": f"{seen / (time.perf_counter() - t0):.0f}"}
+                    last = b == n_batches - 1
+                    if val is not None and ((b + 1) % eval_every == 0 or last):
+                        p1 = self.evaluate(*val, ks=(1,))["P@1"]
+                        post["val P@1"] = f"{p1:.4f}"
+                        self.history.append({"time": train_time + time.perf_counter() - t0, "step": self.step,
+                                             "samples": seen, "loss": ema, "P@1": p1})
+                    bar.set_postfix(post, refresh=False)
+                    if checkpoint is not None and checkpoint_every is not None and self.step % checkpoint_every == 0:
+                        self.save(checkpoint)
+                    if interrupted:
+                        raise KeyboardInterrupt
+                if checkpoint is not None and checkpoint_every is None:
+                    self.save(checkpoint)
+        finally:
+            bar.close()
+            if restore is not None:
+                signal.signal(signal.SIGINT, restore)
+        if checkpoint is not None:
+            self.save(checkpoint)
+        return self
+
+    def hidden_activations(self, X):
+        """Last hidden layer of CSR rows X: (n, hidden[-1]) float32."""
+        return self._hidden(_as_features(X, self.input_dim))[-1]
+
+    def predict_topk(self, X, k=5, mode="dense", batch_size=2048):
+        """Top-k labels of CSR rows X (n, input_dim).
+
+        mode "dense" scores every label; "lsh" scores only the candidates the tables
+        return (all of a query's colliding neurons), falling back to dense scoring for
+        rows with fewer than k candidates. Returns (scores float32 (n, k), labels int64
+        (n, k)), best first; ties go to the lower label id.
+        """
+        X = _as_features(X, self.input_dim)
+        k = min(check_int(k, "k", 1), self.output_dim)
+        mode = check_choice(mode, "mode", ("dense", "lsh"))
+        batch_size = check_int(batch_size, "batch_size", 1)
+        n = X.shape[0]
+        scores = np.empty((n, k), np.float32)
+        labels = np.empty((n, k), np.int64)
+        for s in range(0, n, batch_size):
+            H = self._hidden(X[s:s + batch_size])[-1]
+            if mode == "dense":
+                sc, lb = _dense_topk(H, self.out_w.w, self.out_b.w, k)
+            else:
+                sc, lb = self._lsh_topk(H, k)
+            scores[s:s + batch_size], labels[s:s + batch_size] = sc, lb
+        return scores, labels
+
+    def _lsh_topk(self, H, k):
+        indptr, ids, _ = self.tables.query(H, 1)
+        sc = _C.gather_scores(H, self.out_w.w, self.out_b.w, indptr, ids)
+        return _csr_topk(H, indptr, ids, sc, k, self.out_w.w, self.out_b.w)
+
+    def evaluate(self, X, Y, ks=(1, 3, 5), mode="dense"):
+        """Precision at k: dict {"P@1": float, ...} over all rows of X."""
+        X = _as_features(X, self.input_dim)
+        Y = _as_labels(Y, X.shape[0], self.output_dim)
+        ks = tuple(check_int(k, "ks", 1) for k in ks)
+        _, top = self.predict_topk(X, max(ks), mode=mode)
+        return _precision(top, Y, ks)
+
+    @property
+    def nbytes(self):
+        """Bytes of weights, Adam moments, LSH tables and stored keys."""
+        params = sum(p.nbytes for p in self.layers + self.biases + [self.out_w, self.out_b])
+        return int(params + self.tables.nbytes + self._keys.nbytes + self._dirty.nbytes)
+
+    # -- persistence ---------------------------------------------------------------------
+    def _config(self):
+        return dict(input_dim=self.input_dim, output_dim=self.output_dim, hidden=list(self.hidden),
+                    activation=self.activation, hash=self.hash, k=self.k, l=self.l,
+                    target_active=self.target_active, lr=self.lr, seed=self.seed,
+                    bucket_capacity=self.bucket_capacity, rebuild_first=self.rebuild_first,
+                    rebuild_growth=self.rebuild_growth, bin_size=self.bin_size)
+
+    def save(self, path):
+        """Writes the model, optimizer state, hash seeds and schedule to ``path`` (.npz).
+
+        Atomic: written to a temporary file in the same directory, then renamed, so an
+        interrupted save never damages an existing checkpoint. The LSH tables are
+        stored as each neuron's current keys and rebuilt at load; where a bucket had
+        overflowed, the rebuilt bucket keeps a different sample of its neurons.
+        """
+        path = os.fspath(path)
+        state = dict(format=FORMAT_VERSION, config=self._config(), step=self.step, rebuilds=self.rebuilds,
+                     next_rebuild=self._next_rebuild, period=self._period, history=self.history,
+                     epoch_rng=self._epoch_rng.bit_generator.state, range_bits=self._range_bits)
+        arrays = {"state": np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), "keys": self._keys,
+                  "dirty": self._dirty}
+        for name, p in self._named_params():
+            arrays[name + ".w"], arrays[name + ".m"], arrays[name + ".v"] = p.w, p.m, p.v
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".hashlab-", suffix=".npz.tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def _named_params(self):
+        for i, p in enumerate(self.layers):
+            yield f"layer{i}", p
+        for i, p in enumerate(self.biases):
+            yield f"bias{i}", p
+        yield "out_w", self.out_w
+        yield "out_b", self.out_b
+
+    @classmethod
+    def load(cls, path):
+        """Loads a model written by ``save``; ``fit`` then resumes where it stopped."""
+        path = os.fspath(path)
+        with np.load(path, allow_pickle=False) as z:
+            state = json.loads(bytes(z["state"]).decode())
+            if state.get("format") != FORMAT_VERSION:
+                raise ValueError(f"{path}: expected checkpoint format {FORMAT_VERSION}, got {state.get('format')}")
+            cfg = state["config"]
+            model = cls.__new__(cls)
+            model._configure(**cfg)
+            model.step, model.rebuilds = state["step"], state["rebuilds"]
+            model._next_rebuild, model._period = state["next_rebuild"], state["period"]
+            model._range_bits, model.history = state["range_bits"], state["history"]
+            model._epoch_rng.bit_generator.state = state["epoch_rng"]
+            model.layers = [_Adam.__new__(_Adam) for _ in cfg["hidden"]]
+            model.biases = [_Adam.__new__(_Adam) for _ in cfg["hidden"]]
+            model.out_w, model.out_b = _Adam.__new__(_Adam), _Adam.__new__(_Adam)
+            for name, p in model._named_params():
+                for part in "wmv":
+                    setattr(p, part, np.ascontiguousarray(z[f"{name}.{part}"], dtype=np.float32))
+            keys = np.ascontiguousarray(z["keys"], dtype=np.uint32)
+            dirty = np.ascontiguousarray(z["dirty"], dtype=np.uint8)
+        expect = {"out_w": (model.output_dim, model.hidden[-1]), "layer0": (model.input_dim, model.hidden[0])}
+        for name, p in model._named_params():
+            if name in expect and p.w.shape != expect[name]:
+                raise ValueError(f"{path}: {name} has shape {p.w.shape}, expected {expect[name]}")
+        if keys.shape != (model.output_dim, model.l) or dirty.shape != (model.output_dim,):
+            raise ValueError(f"{path}: stored hash keys do not match the model's shape")
+        model._build_tables(keys)
+        model._dirty = dirty
+        return model
+
+    def to_torch(self):
+        """A dense torch.nn.Module with the same weights (see hashlab.torch.SparseMLPModule)."""
+        from .torch import SparseMLPModule
+        return SparseMLPModule.from_sparse_mlp(self)
+
+    def __repr__(self):
+        return (f"SparseMLP(input_dim={self.input_dim}, output_dim={self.output_dim}, hidden={self.hidden}, "
+                f"hash={self.hash!r}, k={self.k}, l={self.l}, target_active={self.target_active}, step={self.step})")
+
+
+def _dense_topk(H, W, b, k, chunk=65536):
+    """Exact top-k of H @ W.T + b over label chunks: (scores (n, k), labels (n, k))."""
+    n = H.shape[0]
+    best_s = np.full((n, 0), -np.inf, np.float32)
+    best_l = np.zeros((n, 0), np.int64)
+    for c in range(0, W.shape[0], chunk):
+        S = H @ W[c:c + chunk].T
+        S += b[c:c + chunk]
+        kk = min(k, S.shape[1])
+        part = np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < S.shape[1] else \
+            np.broadcast_to(np.arange(S.shape[1]), (n, S.shape[1]))
+        cand_s = np.concatenate([best_s, np.take_along_axis(S, part, 1)], axis=1)
+        cand_l = np.concatenate([best_l, part + c], axis=1)
+        order = np.lexsort((cand_l, -cand_s), axis=1)[:, :k]
+        best_s, best_l = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_l, order, 1)
+    return best_s, best_l
+
+
+def _csr_topk(H, indptr, ids, scores, k, W, b):
+    """Top-k within each row's candidates; rows with fewer than k fall back to dense."""
+    n = H.shape[0]
+    out_s = np.empty((n, k), np.float32)
+    out_l = np.empty((n, k), np.int64)
+    counts = np.diff(indptr)
+    short = np.flatnonzero(counts < k)
+    if short.size:
+        out_s[short], out_l[short] = _dense_topk(H[short], W, b, k)
+    for i in np.flatnonzero(counts >= k):
+        s, e = indptr[i], indptr[i + 1]
+        sc, lb = scores[s:e], ids[s:e].astype(np.int64)
+        order = np.lexsort((lb, -sc))[:k]
+        out_s[i], out_l[i] = sc[order], lb[order]
+    return out_s, out_l
+
+
+def _precision(top, Y, ks):
+    """P@k of ranked predictions top (n, >= max(ks)) against the CSR indicator Y."""
+    n = top.shape[0]
+    rows = np.repeat(np.arange(n), top.shape[1])
+    hit = np.asarray(Y[rows, top.ravel()]).reshape(top.shape) != 0
+    return {f"P@{k}": float(hit[:, :k].sum() / (k * n)) for k in ks}

@@ -1,0 +1,3 @@
+// Dense vector kernels for the scalar level (flags chosen by setup.py from the file name).
+#define HL_ISA scalar
+#include "vector_ops.inc"

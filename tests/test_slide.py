@@ -1,0 +1,243 @@
+"""SparseMLP: gradients and dense equivalence against torch, learning, persistence, bad input."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import hashlab
+from hashlab.slide import SparseMLP
+
+torch = pytest.importorskip("torch")
+
+
+def tiny_data(rng, n=24, D=20, L=12):
+    X = sp.random(n, D, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    X.data = rng.random(X.nnz, dtype=np.float32) + 0.1
+    labels = [sorted(rng.choice(L, size=rng.integers(1, 3), replace=False).tolist()) for _ in range(n)]
+    return X, labels
+
+
+class TorchReference:
+    """The same network in torch float64 autograd, with lazy Adam on the input rows."""
+
+    def __init__(self, model):
+        t = lambda a: torch.tensor(np.array(a, dtype=np.float64), requires_grad=True)
+        self.W = [t(p.w) for p in model.layers]
+        self.b = [t(p.w) for p in model.biases]
+        self.Wo, self.bo = t(model.out_w.w), t(model.out_b.w)
+        self.params = self.W + self.b + [self.Wo, self.bo]
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+        self.lr = model.lr
+
+    def step(self, X, labels):
+        Xd = torch.tensor(X.toarray(), dtype=torch.float64)
+        h = torch.relu(Xd @ self.W[0] + self.b[0])
+        for W, b in zip(self.W[1:], self.b[1:]):
+            h = torch.relu(h @ W + b)
+        z = h @ self.Wo.T + self.bo
+        loss = sum(torch.logsumexp(z[i], 0) - z[i, ys].mean() for i, ys in enumerate(labels))
+        for p in self.params:
+            p.grad = None
+        loss.backward()
+        self.t += 1
+        present = torch.tensor(np.diff(X.tocsc().indptr) > 0)
+        with torch.no_grad():
+            for j, (p, m, v) in enumerate(zip(self.params, self.m, self.v)):
+                g = p.grad
+                rows = present if j == 0 else slice(None)
+                m[rows] = 0.9 * m[rows] + 0.1 * g[rows]
+                v[rows] = 0.999 * v[rows] + 0.001 * g[rows] ** 2
+                mh, vh = m[rows] / (1 - 0.9 ** self.t), v[rows] / (1 - 0.999 ** self.t)
+                p[rows] -= self.lr * mh / (vh.sqrt() + 1e-8)
+        return float(loss)
+
+
+@pytest.mark.parametrize("hidden", [(8,), (8, 6)])
+def test_full_softmax_training_equals_dense_torch(hidden):
+    rng = np.random.default_rng(0)
+    X, labels = tiny_data(rng)
+    model = SparseMLP(20, 12, hidden=hidden, target_active=12, lr=0.01, seed=3)
+    ref = TorchReference(model)
+    for step in range(6):
+        rows = np.arange(8 * (step % 3), 8 * (step % 3) + 8)
+        Yb = [labels[i] for i in rows]
+        Yc = sp.csr_matrix((np.ones(sum(map(len, Yb)), np.float32), np.concatenate(Yb),
+                            np.cumsum([0] + [len(y) for y in Yb])), shape=(8, 12))
+        loss, active = model._train_batch(X[rows], Yc)
+        assert active == 8 * 12
+        assert loss == pytest.approx(ref.step(X[rows], Yb), rel=1e-5)
+    for ours, theirs in zip([p.w for p in model.layers + model.biases] + [model.out_w.w, model.out_b.w],
+                            ref.params):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=2e-4, atol=2e-6)
+
+
+def test_sampled_training_touches_only_active_rows_and_labels_are_active():
+    rng = np.random.default_rng(1)
+    X, labels = tiny_data(rng, n=16, D=30, L=400)
+    model = SparseMLP(30, 400, hidden=(16,), target_active=20, seed=0)
+    before = model.out_w.w.copy()
+    Yc = sp.csr_matrix((np.ones(sum(map(len, labels)), np.float32), np.concatenate(labels),
+                        np.cumsum([0] + [len(y) for y in labels])), shape=(16, 400))
+    loss, active = model._train_batch(X, Yc)
+    assert active == 16 * 20
+    changed = np.flatnonzero((model.out_w.w != before).any(axis=1))
+    assert set(np.concatenate(labels)) <= set(changed)
+    assert len(changed) <= 16 * 20
+    assert set(changed) == set(np.flatnonzero(model._dirty))
+
+
+def test_thread_count_does_not_change_training():
+    rng = np.random.default_rng(2)
+    X, labels = tiny_data(rng, n=64, D=40, L=300)
+    results = []
+    before = hashlab.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            hashlab.set_num_threads(threads)
+            m = SparseMLP(40, 300, hidden=(16,), target_active=30, seed=5, rebuild_first=2)
+            m.fit(X, labels, epochs=2, batch_size=16, verbose=False)
+            results.append(m.out_w.w.copy())
+    finally:
+        hashlab.set_num_threads(before)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def xmc(n_train=6000, n_test=1000, seed=0):
+    from hashlab.datasets import make_xmc
+    return make_xmc(n_train, n_test, n_features=3000, n_labels=2000, seed=seed)
+
+
+def test_learns_far_above_the_most_frequent_label_baseline():
+    Xtr, Ytr, Xte, Yte = xmc()
+    model = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=(64,), target_active=200, lr=3e-3, seed=0)
+    model.fit(Xtr, Ytr, epochs=4, batch_size=128, verbose=False)
+    p1 = model.evaluate(Xte, Yte, ks=(1,))["P@1"]
+    top = np.asarray(Ytr.sum(0)).ravel().argmax()
+    baseline = float(np.asarray(Yte[:, top].todense()).mean())
+    assert p1 > max(3 * baseline, baseline + 0.2), (p1, baseline)
+    lsh = model.evaluate(Xte, Yte, ks=(1,), mode="lsh")["P@1"]
+    assert lsh > 0.8 * p1
+    assert model.rebuilds >= 1
+
+
+def test_save_load_round_trip_and_exact_resume(tmp_path):
+    rng = np.random.default_rng(3)
+    X, labels = tiny_data(rng, n=48, D=25, L=10)
+    a = SparseMLP(25, 10, hidden=(8,), target_active=10, seed=1)
+    a.fit(X, labels, epochs=2, batch_size=8, verbose=False)
+    b = SparseMLP(25, 10, hidden=(8,), target_active=10, seed=1)
+    b.fit(X, labels, epochs=1, batch_size=8, verbose=False)
+    b.save(tmp_path / "m.npz")
+    c = SparseMLP.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(c.predict_topk(X, 3)[1], b.predict_topk(X, 3)[1])
+    assert c.step == b.step and np.array_equal(c.out_w.m, b.out_w.m)
+    c.fit(X, labels, epochs=1, batch_size=8, verbose=False)
+    for p, q in zip(a._named_params(), c._named_params()):
+        np.testing.assert_array_equal(p[1].w, q[1].w)
+
+
+def test_sampled_model_save_load_keeps_tables_and_schedule(tmp_path):
+    Xtr, Ytr, Xte, Yte = xmc(2000, 300, seed=1)
+    # with buckets that never overflow, reloaded tables hold exactly the same ids
+    m = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=(32,), target_active=100, seed=2, rebuild_first=3,
+                  bucket_capacity=65535)
+    m.fit(Xtr, Ytr, epochs=1, batch_size=128, verbose=False)
+    m.save(tmp_path / "m.npz")
+    r = SparseMLP.load(tmp_path / "m.npz")
+    assert (r.rebuilds, r._next_rebuild, r.k, r.l) == (m.rebuilds, m._next_rebuild, m.k, m.l)
+    H = m.hidden_activations(Xte)
+    for q, w in ((r.tables.query(H), m.tables.query(H)),):
+        assert all(set(q[1][q[0][i]:q[0][i + 1]]) == set(w[1][w[0][i]:w[0][i + 1]]) for i in range(len(H)))
+    r.fit(Xtr, Ytr, epochs=1, batch_size=128, verbose=False)
+    assert r.step == 2 * m.step
+
+
+def test_to_torch_matches_predictions():
+    rng = np.random.default_rng(4)
+    X, labels = tiny_data(rng, n=30, D=20, L=50)
+    m = SparseMLP(20, 50, hidden=(16, 8), target_active=10, seed=0)
+    m.fit(X, labels, epochs=2, batch_size=10, verbose=False)
+    logits = m.to_torch()(X).detach().numpy()
+    scores, top = m.predict_topk(X, 5)
+    np.testing.assert_allclose(np.sort(logits, 1)[:, ::-1][:, :5], scores, rtol=1e-5, atol=1e-5)
+
+
+def test_keyboard_interrupt_leaves_model_usable_and_checkpoint_intact(tmp_path):
+    Xtr, Ytr, _, _ = xmc(4000, 10, seed=2)
+    ck = tmp_path / "ck.npz"
+    m = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=(32,), target_active=100, seed=0)
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(Xtr, Ytr, epochs=200, batch_size=64, checkpoint=ck, checkpoint_every=5, verbose=False)
+    timer.cancel()
+    assert m.step > 0
+    saved = SparseMLP.load(ck)
+    assert saved.step % 5 == 0 and saved.step <= m.step
+    m.fit(Xtr[:64], Ytr[:64], epochs=1, batch_size=64, verbose=False)  # still trains
+
+
+@pytest.mark.parametrize("bad, err", [
+    (lambda X, Y: (X[:, :-1], Y), ValueError),                           # dimension mismatch
+    (lambda X, Y: (X, [[99]] + Y[1:]), ValueError),                      # label out of range
+    (lambda X, Y: (X, [[]] + Y[1:]), ValueError),                        # row without labels
+    (lambda X, Y: (X[:0], Y[:0]), ValueError),                           # empty data set
+    (lambda X, Y: (X.toarray(), Y), TypeError),                          # dense X
+    (lambda X, Y: (X, Y[:-1]), ValueError),                              # row count mismatch
+    (lambda X, Y: (X, "labels"), TypeError),
+])
+def test_bad_training_input(bad, err):
+    rng = np.random.default_rng(5)
+    X, labels = tiny_data(rng, n=10, D=20, L=12)
+    m = SparseMLP(20, 12, hidden=(4,), seed=0)
+    with pytest.raises(err):
+        m.fit(*bad(X, labels), verbose=False)
+
+
+def test_nan_input_names_the_row():
+    rng = np.random.default_rng(6)
+    X, labels = tiny_data(rng, n=10, D=20, L=12)
+    X = X.tolil()
+    X[7, 3] = np.nan
+    with pytest.raises(ValueError, match="row 7"):
+        SparseMLP(20, 12, hidden=(4,)).fit(X.tocsr(), labels, verbose=False)
+
+
+@pytest.mark.parametrize("kwargs, err", [
+    (dict(input_dim=0, output_dim=5), ValueError), (dict(input_dim=5, output_dim=1), ValueError),
+    (dict(input_dim=5, output_dim=5, hash="md5"), ValueError), (dict(input_dim=5, output_dim=5, hidden=()), TypeError),
+    (dict(input_dim=5, output_dim=5, lr=-1.0), ValueError), (dict(input_dim=5.5, output_dim=5), TypeError),
+])
+def test_bad_constructor_arguments(kwargs, err):
+    with pytest.raises(err):
+        SparseMLP(**kwargs)
+
+
+@pytest.mark.slow
+def test_amazon_670k_sized_model_trains_within_4_gb():
+    code = r"""
+import resource, numpy as np, scipy.sparse as sp
+from hashlab.slide import SparseMLP
+rng = np.random.default_rng(0)
+D, L, n = 135_909, 670_091, 1024
+X = sp.csr_matrix((rng.random(n * 75, dtype=np.float32), (np.repeat(np.arange(n), 75), rng.integers(0, D, n * 75))),
+                  shape=(n, D))
+Y = [rng.choice(L, 5, replace=False).tolist() for _ in range(n)]
+m = SparseMLP(D, L, hidden=(128,), seed=0, rebuild_first=2)
+m.fit(X, Y, epochs=1, batch_size=256, verbose=False)
+assert m.rebuilds >= 1
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, m.nbytes)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    peak, nbytes = map(int, r.stdout.split())
+    assert peak < 4 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
+    assert nbytes < peak
