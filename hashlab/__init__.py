@@ -1,13 +1,22 @@
 """hashlab: hashing-based sparse computation on CPUs.
 
-Hash families (SimHash, WTAHash, DWTAHash, MinHash), LSH tables, and the
-numba-callable kernels in hashlab.jit. torch is optional: hashlab.torch imports it.
+Hash families (SimHash, WTAHash, DWTAHash, MinHash), LSH tables, SLIDE-style
+sparse training (SparseMLP), data sets and metrics, and the numba-callable kernels
+in hashlab.jit. torch is optional: hashlab.torch imports it.
 """
 from . import _C
 from .hashing import hamming
+from .minhash import MinHash
+from .params import LSHParams, default_params
 from .simhash import SimHash
+from .slide import SparseMLP
+from .tables import LSHTables
+from .wta import DWTAHash, WTAHash
+from . import datasets, metrics
 
 __version__ = "0.1.0"
+__all__ = ["SimHash", "WTAHash", "DWTAHash", "MinHash", "LSHTables", "LSHParams", "default_params", "hamming",
+           "SparseMLP", "datasets", "metrics", "simd_level", "set_num_threads", "get_num_threads"]
 
 
 def simd_level() -> str:
