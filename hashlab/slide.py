@@ -217,6 +217,7 @@ class SparseMLP:
                                 range_bits=rb, seed=self.seed + 3)
         self._keys = self.hasher.hash(self.out_w.w) if keys is None else keys
         self.tables.insert_keys(np.arange(self.output_dim, dtype=np.int32), self._keys)
+        self.tables.freeze()  # read-optimised between rehashes
         self._dirty = np.zeros(self.output_dim, dtype=np.uint8)
 
     def _rehash(self):
@@ -227,8 +228,10 @@ class SparseMLP:
             changed = np.flatnonzero((keys != self._keys[rows]).any(axis=1))
             ids = rows[changed]
             if ids.size:
+                self.tables.thaw()
                 self.tables.remove(ids)
                 self.tables.insert_keys(ids, keys[changed])
+                self.tables.freeze()
                 self._keys[ids] = keys[changed]
         self._dirty[:] = 0
         self.rebuilds += 1

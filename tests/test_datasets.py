@@ -317,7 +317,7 @@ def test_bad_arguments(tmp_path):
 _value = st.builds(lambda sign, ip, frac, exp: f"{sign}{ip}{frac}{exp}",
                    st.sampled_from(["", "", "-", "+"]), st.integers(0, 999),
                    st.sampled_from(["", ".", ".5", ".25", ".0625", ".1234567"]),
-                   st.sampled_from(["", "", "e3", "E-2", "e+1", "e-30", "e37"]))
+                   st.sampled_from(["", "", "e3", "E-2", "e+1", "e-30", "e30"]))
 _junk = st.sampled_from(["nan", "1:inf", "-3:1", ":", ",", "1:1e45", "5:-0", "x", "2:.", "3:+", "4:1e",
                          "0,1", "7", "9:1 9:2", "1:1:1", "-2"])
 _labels = st.lists(st.integers(0, 99), min_size=1, max_size=4).map(lambda v: ",".join(map(str, v)))

@@ -287,3 +287,17 @@ def test_twins_match_cpp_on_special_values(rng):
         else:
             np.testing.assert_array_equal(jit.wta_codes_dense(X, k, l, m, w.bin_coords), cpp)
             np.testing.assert_array_equal(jit.wta_codes_csr(ip, ix, dv, dim, k, l, m, w.bin_coords), cpp)
+
+
+def test_twins_match_cpp_on_large_batches(rng):
+    """Large batches take the C++ step-table densification; the twins have none."""
+    k, l, m, dim = 3, 20, 8, 2000
+    d = DWTAHash(dim, k, l, bin_size=m, seed=8)
+    X = rows(rng, 8 * k * l + 11, dim, zero_frac=0.995)
+    S = sp.csr_matrix(X)
+    ip, ix, dv = csr_parts(S)
+    np.testing.assert_array_equal(jit.dwta_keys_csr(ip, ix, dv, k, l, m, d.coord_slot, d.A, d.B, d.Binv), d.hash(S))
+    np.testing.assert_array_equal(jit.dwta_keys_dense(X, k, l, m, d.bin_coords, d.A, d.B, d.Binv), d.hash(X))
+    h = MinHash(2, 30, seed=1)
+    sig = jit.minhash_signatures_csr(ip, ix, 2, 30, np.uint64(h.a), np.uint64(h.c), h.A, h.B, h.Binv)
+    np.testing.assert_array_equal(sig, h.signatures(S))

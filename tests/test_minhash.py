@@ -234,3 +234,19 @@ def test_bad_input():
         _C.minhash_csr(ip, np.array([1, 4], np.int32), 2, 3, h.a, h.c, h.A[:-1], h.B, h.Binv)
     with pytest.raises(ValueError):
         _C.minhash_csr(ip, np.array([1, 4], np.int32), 2, 3, h.a, h.c, h.A, h.B, (h.Binv + 1) % 6)
+
+
+@pytest.mark.parametrize("k,l", [(1, 32), (2, 9)])
+def test_large_batch_step_table(k, l, rng):
+    """Batches of >= 8*k*l rows densify through a precomputed step table: same values as
+    the reference and as small batches."""
+    nb = k * l
+    sets = [rng.choice(10**5, size=s, replace=False) for s in rng.choice([0, 1, 2, 3, 6, 20, 80], size=8 * nb + 3)]
+    h = MinHash(k, l, seed=nb)
+    S = sets_to_csr(sets, 10**5)
+    big = h.signatures(S)
+    small = np.concatenate([h.signatures(S[i:i + 5]) for i in range(0, S.shape[0], 5)])
+    np.testing.assert_array_equal(big, small)
+    want_sig, want_keys = ref_minhash(sets, k, l, h.a, h.c, h.A, h.B)
+    np.testing.assert_array_equal(big, want_sig)
+    np.testing.assert_array_equal(h.hash(S), want_keys)

@@ -510,3 +510,24 @@ def test_signed_zeros_tie_and_special_values_agree_everywhere():
                     full.append(False)
             want.append(ref_densify(codes, full, h.A, h.B, 0) if densified else codes)
         np.testing.assert_array_equal(dense, np.array(want))
+
+
+@pytest.mark.parametrize("k,l,m", [(2, 16, 4), (1, 7, 8), (3, 40, 2)])
+def test_densification_large_batch_step_table(k, l, m, rng):
+    """Batches of >= 8*k*l rows densify through a precomputed step table; the codes must
+    equal the reference and the small-batch (closed form / walk) results, row by row."""
+    nb = k * l
+    dim = nb * m
+    h = DWTAHash(dim, k, l, bin_size=m, seed=nb)
+    n = 8 * nb + 5
+    X = np.zeros((n, dim), np.float32)
+    for r in range(n):
+        n_full = [0, 1, 2, 3, 5, nb // 3, nb // 2, nb - 1, nb][r % 9]
+        for b in rng.choice(nb, size=n_full, replace=False):
+            X[r, h.bin_coords[b, rng.integers(0, m)]] = 1.0 + rng.integers(0, 3)
+    S = sp.csr_matrix(X)
+    big_dense, big_csr = h.codes(X), h.codes(S)
+    np.testing.assert_array_equal(big_dense, big_csr)
+    small = np.concatenate([h.codes(X[i:i + 7]) for i in range(0, n, 7)])
+    np.testing.assert_array_equal(big_dense, small)
+    np.testing.assert_array_equal(big_dense, ref_codes(X, h.bin_coords, True, h.A, h.B))

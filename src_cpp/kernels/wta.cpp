@@ -1,13 +1,19 @@
 // Winner-take-all hashing (WTA) and densified WTA (DWTA); the semantics are those of
 // include/hashlab/wta.h, mirrored bit for bit by the numba twins in hashlab/jit.py.
 //
-// Per bin we keep the best value and its position; the update rule is the same for
-// dense and CSR input, so the order in which entries arrive does not matter:
+// The code of a bin is defined by one rule, whatever the order entries arrive in:
 //   take (v, pos) iff v > best || (v == best && pos < best_pos), best starting at -inf
 //   and best_pos at m (= "empty").
-// DWTA additionally skips v == 0. NaN never wins (callers reject it anyway).
+// DWTA additionally skips v == 0 (either sign). NaN never wins (the Python API rejects
+// it; the C ABI and the twins agree on it anyway). The CSR path applies the rule
+// directly; the dense path scans positions in increasing order with integer order keys
+// (same result, no unpredictable branches).
 //
 // Densification (also used by kernels/minhash.cpp) is densify_row below.
+//
+// Layout: these kernels see only the parameter arrays (wta.h); hashlab/wta.py makes
+// them. Out-of-range entries in bin_coords / coord_slot count as absent, so malformed
+// layouts cannot read out of bounds; the probe arrays are checked (check_probe).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -80,8 +86,8 @@ void densify_row(uint32_t* vals, const uint8_t* full, const uint32_t* ne, uint32
   }
   // Costs per row: walk ~ (nb - n_ne) * (nb / n_ne steps + a mispredicted exit); closed
   // form ~ nb * n_ne mods; table ~ nb * n_ne / 8 min operations. Measured crossovers with
-  // the walk: n_ne^2 ~ nb / 2 (closed form), n_ne^2 ~ 8 nb (table).
-  if (steps && (uint64_t)n_ne * n_ne < 8ull * nb) {
+  // the walk: n_ne^2 ~ nb / 2 (closed form), n_ne^2 ~ 16 nb (table).
+  if (steps && (uint64_t)n_ne * n_ne < 16ull * nb) {
     const int16_t* row = steps + (size_t)ne[0] * nb;
     std::copy(row, row + nb, tmp);
     for (uint32_t i = 1; i < n_ne; ++i) {
