@@ -302,7 +302,8 @@ class SparseMLP:
         saved atomically every ``checkpoint_every`` batches (default: each epoch) and at
         the end. KeyboardInterrupt stops after the current batch, leaving the model
         consistent and the last checkpoint intact. Returns self; per-evaluation
-        records go to ``self.history`` (time, samples, loss, P@1).
+        records go to ``self.history``: time (training seconds, evaluations excluded,
+        cumulative over fit calls), step, samples, loss (moving average), P@1.
         """
         X = _as_features(X, self.input_dim)
         n = X.shape[0]
@@ -333,8 +334,8 @@ class SparseMLP:
             restore = signal.signal(signal.SIGINT, lambda *a: interrupted.append(True))
         bar = tqdm(total=epochs * n, unit="samples", disable=not verbose, dynamic_ncols=True)
         t0 = time.perf_counter()
-        seen, ema = 0, None
-        train_time = self.history[-1]["time"] if self.history else 0.0
+        seen, ema, eval_s = 0, None, 0.0  # eval_s: evaluation time, kept off the training clock
+        train_time, prior = (self.history[-1]["time"], self.history[-1]["samples"]) if self.history else (0.0, 0)
         try:
             for _ in range(epochs):
                 order = self._epoch_rng.permutation(n)
@@ -344,13 +345,16 @@ class SparseMLP:
                     seen += idx.size
                     ema = loss / idx.size if ema is None else 0.95 * ema + 0.05 * loss / idx.size
                     bar.update(idx.size)
-                    post = {"loss": f"{ema:.3f}", "samples/s": f"{seen / (time.perf_counter() - t0):.0f}"}
+                    elapsed = time.perf_counter() - t0 - eval_s
+                    post = {"loss": f"{ema:.3f}", "samples/s": f"{seen / elapsed:.0f}"}
                     last = b == n_batches - 1
                     if val is not None and ((b + 1) % eval_every == 0 or last):
+                        te = time.perf_counter()
                         p1 = self.evaluate(*val, ks=(1,))["P@1"]
+                        eval_s += time.perf_counter() - te
                         post["val P@1"] = f"{p1:.4f}"
-                        self.history.append({"time": train_time + time.perf_counter() - t0, "step": self.step,
-                                             "samples": seen, "loss": ema, "P@1": p1})
+                        self.history.append({"time": train_time + elapsed, "step": self.step,
+                                             "samples": prior + seen, "loss": ema, "P@1": p1})
                     bar.set_postfix(post, refresh=False)
                     if checkpoint is not None and checkpoint_every is not None and self.step % checkpoint_every == 0:
                         self.save(checkpoint)

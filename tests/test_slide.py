@@ -56,7 +56,7 @@ class TorchReference:
                 v[rows] = 0.999 * v[rows] + 0.001 * g[rows] ** 2
                 mh, vh = m[rows] / (1 - 0.9 ** self.t), v[rows] / (1 - 0.999 ** self.t)
                 p[rows] -= self.lr * mh / (vh.sqrt() + 1e-8)
-        return float(loss)
+        return loss.item()
 
 
 @pytest.mark.parametrize("hidden", [(8,), (8, 6)])
