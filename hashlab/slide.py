@@ -141,7 +141,7 @@ class SparseMLP:
     seed : int, drives initialisation, hashing, shuffling and random fill.
     bucket_capacity, rebuild_first, rebuild_growth : table capacity (default from
         default_params), batches before the first rehash, and the growth factor of
-        the rehash period.
+        the rehash period (capped at 4 * rebuild_first batches).
     """
 
     def __init__(self, input_dim, output_dim, hidden=(128,), activation="relu", hash="dwta", k=None, l=None,
@@ -235,7 +235,10 @@ class SparseMLP:
                 self._keys[ids] = keys[changed]
         self._dirty[:] = 0
         self.rebuilds += 1
-        self._period *= self.rebuild_growth
+        # the period grows geometrically but never past 4x the first one: late in
+        # training the weights still move, and stale tables hurt both training and
+        # LSH inference (measured: 640-batch periods cost most of LSH P@1)
+        self._period = min(self._period * self.rebuild_growth, 4.0 * self.rebuild_first)
         self._next_rebuild = self.step + max(1, int(round(self._period)))
 
     # -- forward / backward ----------------------------------------------------------
@@ -374,12 +377,13 @@ class SparseMLP:
         """Last hidden layer of CSR rows X: (n, hidden[-1]) float32."""
         return self._hidden(_as_features(X, self.input_dim))[-1]
 
-    def predict_topk(self, X, k=5, mode="dense", batch_size=2048):
+    def predict_topk(self, X, k=5, mode="dense", batch_size=256):
         """Top-k labels of CSR rows X (n, input_dim).
 
-        mode "dense" scores every label; "lsh" scores only the candidates the tables
-        return (all of a query's colliding neurons), falling back to dense scoring for
-        rows with fewer than k candidates. Returns (scores float32 (n, k), labels int64
+        mode "dense" scores every label; "lsh" scores only the candidates an
+        OutputRetriever over the output layer returns (hashlab.retrieval, built on first
+        use and after training steps), falling back to dense scoring for rows with fewer
+        than k candidates. Returns (scores float32 (n, k), labels int64
         (n, k)), best first; ties go to the lower label id.
         """
         X = _as_features(X, self.input_dim)
@@ -399,9 +403,13 @@ class SparseMLP:
         return scores, labels
 
     def _lsh_topk(self, H, k):
-        indptr, ids, _ = self.tables.query(H, 1)
-        sc = _C.gather_scores(H, self.out_w.w, self.out_b.w, indptr, ids)
-        return _csr_topk(H, indptr, ids, sc, k, self.out_w.w, self.out_b.w)
+        """Top-k by output-space retrieval (hashlab.retrieval.OutputRetriever over the output
+        layer), rebuilt when the weights have changed (keyed on ``self.step``)."""
+        from .retrieval import OutputRetriever
+        cached = getattr(self, "_retriever", None)
+        if cached is None or cached[0] != self.step or cached[1].weight is not self.out_w.w:
+            self._retriever = (self.step, OutputRetriever(self.out_w.w, self.out_b.w, seed=self.seed + 5))
+        return self._retriever[1].topk(H, k)
 
     def evaluate(self, X, Y, ks=(1, 3, 5), mode="dense"):
         """Precision at k: dict {"P@1": float, ...} over all rows of X."""
@@ -521,23 +529,6 @@ def _dense_topk(H, W, b, k, chunk=65536):
         order = np.lexsort((cand_l, -cand_s), axis=1)[:, :k]
         best_s, best_l = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_l, order, 1)
     return best_s, best_l
-
-
-def _csr_topk(H, indptr, ids, scores, k, W, b):
-    """Top-k within each row's candidates; rows with fewer than k fall back to dense."""
-    n = H.shape[0]
-    out_s = np.empty((n, k), np.float32)
-    out_l = np.empty((n, k), np.int64)
-    counts = np.diff(indptr)
-    short = np.flatnonzero(counts < k)
-    if short.size:
-        out_s[short], out_l[short] = _dense_topk(H[short], W, b, k)
-    for i in np.flatnonzero(counts >= k):
-        s, e = indptr[i], indptr[i + 1]
-        sc, lb = scores[s:e], ids[s:e].astype(np.int64)
-        order = np.lexsort((lb, -sc))[:k]
-        out_s[i], out_l[i] = sc[order], lb[order]
-    return out_s, out_l
 
 
 def _precision(top, Y, ks):
