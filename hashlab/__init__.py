@@ -6,6 +6,7 @@ in hashlab.jit. torch is optional: hashlab.torch imports it.
 """
 from . import _C
 from .hashing import hamming
+from .learned import DriftScheduler, LearnedSimHash
 from .minhash import MinHash
 from .params import LSHParams, default_params
 from .simhash import SimHash
@@ -15,7 +16,7 @@ from .wta import DWTAHash, WTAHash
 from . import datasets, metrics
 
 __version__ = "0.1.0"
-__all__ = ["SimHash", "WTAHash", "DWTAHash", "MinHash", "LSHTables", "LSHParams", "default_params", "hamming",
+__all__ = ["SimHash", "WTAHash", "DWTAHash", "MinHash", "LearnedSimHash", "DriftScheduler", "LSHTables", "LSHParams", "default_params", "hamming",
            "SparseMLP", "datasets", "metrics", "simd_level", "set_num_threads", "get_num_threads"]
 
 
