@@ -13,6 +13,7 @@ void bind_simhash(py::module_& m);
 void bind_wta(py::module_& m);
 void bind_tables(py::module_& m);
 void bind_sparse_layer(py::module_& m);
+void bind_attention(py::module_& m);
 
 // Checks an array argument's shape; raises ValueError naming it.
 template <typename A>

@@ -22,6 +22,7 @@ PYBIND11_MODULE(_C, m) {
   bind_wta(m);
   bind_tables(m);
   bind_sparse_layer(m);
+  bind_attention(m);
 }
 
 }  // namespace

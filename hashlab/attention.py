@@ -1,0 +1,374 @@
+"""LSH-sampled decode attention (MagicPIG, Chen et al. ICLR 2025) on the CPU.
+
+Top-k attention is biased when attention is not sparse; MagicPIG samples keys with
+locality-sensitive hashing instead and corrects every sampled logit by its sampling
+probability (importance sampling), so that the estimate stays close to dense attention.
+
+Algorithm (per KV head; query heads of one GQA group share their KV head's index):
+
+- keys are centred by the mean of the prompt keys (the first ``append``), then hashed
+  with SimHash, k bits x l tables (default 10 x 150);
+- a decode query (not centred) samples the indexed keys that share its bucket in at
+  least ``min_collisions`` (m, default 2) tables;
+- a sampled key at angle theta to the query (theta between q and the *centred* key) was
+  sampled with probability u = P[Binomial(l, p) >= m], p = (1 - theta/pi)^k (for m = 2:
+  u = 1 - (1-p)^l - l p (1-p)^(l-1)); its logit becomes q.k*scale - log u;
+- softmax over the sampled keys, merged exactly (log-sum-exp) with the dense part: the
+  first ``sinks`` tokens, the last ``window`` tokens, and the tokens that left the window
+  but are not indexed yet (tokens join the index ``chunk`` at a time as they leave the
+  window, so long generations stay sampled).
+
+What differs from MagicPIG's CPU path: structured-rotation SimHash (H D3 H D2 H D1,
+fast Walsh-Hadamard; ``SimHash(kind="hadamard")``'s signs) instead of a dense Gaussian
+projection, so that hashing 96K keys takes well under a second instead of 16 s; a
+table's k bits come from k different rotations (k consecutive coordinates of one rotation
+are dependent and would make u 10-25% too large); Elias-Fano-coded tables at about k + 2
+bits per (key, table) instead of 32-bit ids (index < 0.5x a bfloat16 KV cache instead of
+~1.16x); the sampled sets of a GQA group merged so that every key/value row is read once
+per group; run-time SIMD dispatch (AVX-512 / AVX2 / SSE2), vectorised exp/log/acos; a
+run-time thread count (``hashlab.set_num_threads``); k up to 32; float32 or bfloat16 KV.
+
+Arrays: numpy arrays or torch CPU tensors. bfloat16 data is given as uint16 bit patterns
+(numpy) or torch.bfloat16 tensors (read zero-copy through ``.view(torch.int16)``); float
+arrays given to a bfloat16 index are rounded to nearest even.
+
+Also here, with the same interface, for comparisons: ``dense_attention`` (exact) and
+``topk_attention`` (exact softmax over the top-``budget`` keys of each head), both C++
+kernels fast enough for 100K-token contexts; and ``sampling_probability`` (p and u of
+given cosines, through the kernels' own code path).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _C
+from ._validate import _from_torch, check_choice, check_float, check_int
+from .simhash import SimHash
+
+DTYPES = ("float32", "bfloat16")
+MAX_HEAD_DIM = 4096
+
+__all__ = ["LSHKVIndex", "dense_attention", "topk_attention", "sampling_probability", "table_bits"]
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << (int(n) - 1).bit_length()
+
+
+def _n_rot(head_dim: int, k: int, l: int) -> int:
+    """Rotations the index uses: enough for k*l bits, and at least k (one per bit of a table)."""
+    D = _next_pow2(head_dim)
+    return max(-(-k * l // D), k)
+
+
+def table_bits(head_dim: int, k: int, l: int) -> np.ndarray:
+    """(l, k) int64: bit j of table t's code is bit ``table_bits[t, j]`` of the index's
+    ``hasher.bits(x)`` (slot s = k*t + j is coordinate s // n_rot of rotation s % n_rot,
+    i.e. bit (s % n_rot) * D + s // n_rot)."""
+    D = _next_pow2(head_dim)
+    n_rot = _n_rot(head_dim, k, l)
+    s = np.arange(k * l, dtype=np.int64)
+    return ((s % n_rot) * D + s // n_rot).reshape(l, k)
+
+
+# ---------------------------------------------------------------------------
+# Input conversion
+# ---------------------------------------------------------------------------
+
+def _torch_bf16(x):
+    """A torch.bfloat16 CPU tensor as a numpy uint16 array (zero-copy when contiguous)."""
+    mod = type(x).__module__
+    if mod.startswith("torch") and hasattr(x, "dtype") and str(x.dtype) == "torch.bfloat16":
+        import torch
+        if x.device.type != "cpu":
+            raise TypeError(f"expected a CPU tensor, got one on {x.device}")
+        return x.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
+    return x
+
+
+def _array(x, name):
+    x = _from_torch(_torch_bf16(x))
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    return x
+
+
+def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even (finite input)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+
+
+def _bf16_to_f32(b: np.ndarray) -> np.ndarray:
+    return (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def _check_finite(x, name):
+    if x.size == 0:
+        return
+    if x.dtype == np.uint16:
+        bad = (x & np.uint16(0x7F80)) == np.uint16(0x7F80)
+    else:
+        bad = ~np.isfinite(x)
+    if bad.any():
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
+
+
+def _kv(x, name, want=None):
+    """KV array as C-contiguous float32 or uint16 (bfloat16 bits).
+
+    want: "float32" or "bfloat16" to convert to, or None to keep the input's kind
+    (float -> float32, uint16 / torch.bfloat16 -> bfloat16 bits). NaN and inf are
+    rejected by the C++ core (LSHKVIndex.append scans the new tokens; the exact kernels
+    check their output), without a numpy pass over the whole cache.
+    """
+    x = _array(x, name)
+    if x.dtype == np.uint16:
+        kind = "bfloat16"
+    elif x.dtype.kind == "f":
+        kind = "float32"
+    else:
+        raise TypeError(f"{name}: expected a float array or bfloat16 (uint16 bit patterns / torch.bfloat16), "
+                        f"got {x.dtype}")
+    want = want or kind
+    if kind == "float32":
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return _f32_to_bf16(x) if want == "bfloat16" else x
+    x = np.ascontiguousarray(x)
+    return x if want == "bfloat16" else _bf16_to_f32(x)
+
+
+def _queries(q, head_dim=None):
+    q = _array(q, "queries")
+    if q.dtype == np.uint16:
+        q = _bf16_to_f32(q)
+    elif q.dtype.kind != "f":
+        raise TypeError(f"queries: expected a float array, got {q.dtype}")
+    if q.ndim != 2 or (head_dim is not None and q.shape[1] != head_dim):
+        want = "(n_heads, head_dim)" if head_dim is None else f"(n_heads, {head_dim})"
+        raise ValueError(f"queries: expected shape {want}, got {q.shape}")
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    _check_finite(q, "queries")
+    return q
+
+
+def _check_kv_shapes(K, V, n_kv=None, head_dim=None):
+    want = f"({'n_kv_heads' if n_kv is None else n_kv}, t, {'head_dim' if head_dim is None else head_dim})"
+    for a, name in ((K, "keys"), (V, "values")):
+        if a.ndim != 3 or (n_kv is not None and a.shape[0] != n_kv) or \
+                (head_dim is not None and a.shape[2] != head_dim):
+            raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
+    if V.shape != K.shape:
+        raise ValueError(f"values: expected the keys' shape {K.shape}, got {V.shape}")
+
+
+def _scale(scale, head_dim):
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    return check_float(scale, "scale", 0.0, None, lo_open=True)
+
+
+def _heads(n_heads, n_kv):
+    if n_heads < 1 or n_heads % n_kv:
+        raise ValueError(f"queries: expected a number of heads that is a positive multiple of n_kv_heads={n_kv}, "
+                         f"got {n_heads}")
+
+
+# ---------------------------------------------------------------------------
+# The index
+# ---------------------------------------------------------------------------
+
+class LSHKVIndex:
+    """KV cache of one attention layer with an LSH index for sampled decode attention.
+
+    Parameters
+    ----------
+    head_dim : int, 1 .. 4096.
+    n_kv_heads : int >= 1.
+    k, l : bits per table (1 .. 32) and tables (1 .. 65535); defaults 10 x 150 (MagicPIG).
+    min_collisions : int, m in [0, min(l, 255)]: a key is sampled when it shares the query's
+        bucket in at least m tables. m = 0 samples every indexed key with probability 1,
+        i.e. exact dense attention through the sampled path (a test hook).
+    sinks, window : int >= 0, the always-dense first and last tokens (4 and 64).
+    seed : int >= 0, draws the rotations (``hasher``) and the subsampling of ``max_sampled``.
+    max_sampled : None or int >= 1: at most this many sampled keys per query head; beyond
+        it a uniform random subset is kept and its weights multiplied by
+        (sampled / max_sampled), which keeps the estimate consistent.
+    dtype : "float32" or "bfloat16", how keys and values are stored.
+    chunk : int >= 1, tokens leaving the window join the index this many at a time.
+
+    Attributes: ``hasher`` (the SimHash whose ``bits`` the codes are made of; see
+    ``table_bits``), ``nbytes`` (index memory: tables, key norms, mean, signs),
+    ``kv_nbytes`` (the stored keys and values), ``n_indexed``, ``n_segments``, ``len()``.
+    """
+
+    def __init__(self, head_dim, n_kv_heads, k=10, l=150, min_collisions=2, sinks=4, window=64, seed=0,
+                 max_sampled=None, dtype="float32", chunk=256):
+        self.head_dim = check_int(head_dim, "head_dim", 1, MAX_HEAD_DIM)
+        self.n_kv_heads = check_int(n_kv_heads, "n_kv_heads", 1, 1 << 16)
+        self.k = check_int(k, "k", 1, 32)
+        self.l = check_int(l, "l", 1, 65535)
+        self.min_collisions = check_int(min_collisions, "min_collisions", 0, min(self.l, 255))
+        self.sinks = check_int(sinks, "sinks", 0, 2**31 - 2)
+        self.window = check_int(window, "window", 0, 2**31 - 2)
+        self.seed = check_int(seed, "seed", 0, 2**63 - 1)
+        self.max_sampled = None if max_sampled is None else check_int(max_sampled, "max_sampled", 1, 2**31 - 2)
+        self.dtype = check_choice(dtype, "dtype", DTYPES)
+        self.chunk = check_int(chunk, "chunk", 1, 2**31 - 2)
+        D = _next_pow2(self.head_dim)
+        n_rot = _n_rot(self.head_dim, self.k, self.l)
+        kk = min(32, D)
+        # the rotation bank: all n_rot * D bits (its signs depend on seed, D and n_rot only)
+        self.hasher = SimHash(self.head_dim, kk, n_rot * D // kk, kind="hadamard", seed=self.seed)
+        assert self.hasher.signs.shape == (n_rot + 2, D)
+        self.table_bits = table_bits(self.head_dim, self.k, self.l)
+        self._core = _C.LSHAttentionIndex(self.head_dim, self.n_kv_heads, self.k, self.l, self.min_collisions,
+                                          self.sinks, self.window, self.chunk, self.max_sampled or 0,
+                                          self.dtype == "bfloat16", self.seed, self.hasher.signs)
+
+    def append(self, keys, values):
+        """Appends t tokens: keys and values (n_kv_heads, t, head_dim). The first call is the
+        prompt (t >= 1): its keys' mean centres every later hash of that KV head."""
+        K = _kv(keys, "keys", self.dtype)
+        V = _kv(values, "values", self.dtype)
+        _check_kv_shapes(K, V, self.n_kv_heads, self.head_dim)
+        if len(self) == 0 and K.shape[1] == 0:
+            raise ValueError("keys: expected at least one token in the first append (the prompt), got 0")
+        if K.shape[1]:
+            self._core.append(K, V)
+        return self
+
+    def attend(self, queries, scale=None, return_stats=False):
+        """One decode step: queries (n_heads, head_dim), n_heads a multiple of n_kv_heads
+        (query head h reads KV head h // (n_heads // n_kv_heads)). scale defaults to
+        1/sqrt(head_dim).
+
+        Returns out (n_heads, head_dim) float32; with return_stats, (out, lse, touched):
+        lse (n_heads,) float32 the log-sum-exp of the corrected logits, touched (n_heads,)
+        int64 the keys used (sampled + dense).
+        """
+        if len(self) == 0:
+            raise RuntimeError("index is empty; call append() first")
+        Q = _queries(queries, self.head_dim)
+        _heads(Q.shape[0], self.n_kv_heads)
+        out, lse, touched = self._core.attend(Q, _scale(scale, self.head_dim))
+        return (out, lse, touched) if return_stats else out
+
+    def __len__(self):
+        return len(self._core)
+
+    @property
+    def nbytes(self) -> int:
+        """Index memory in bytes (tables, centred-key norms, means, rotation signs), without the KV."""
+        return int(self._core.nbytes)
+
+    @property
+    def kv_nbytes(self) -> int:
+        """Bytes of the stored keys and values."""
+        return int(self._core.kv_nbytes)
+
+    @property
+    def build_seconds(self):
+        """(hashing, tables): cumulative wall seconds spent hashing keys and building or
+        merging tables (the index build, without copying the KV)."""
+        h, t = self._core.build_seconds
+        return float(h), float(t)
+
+    @property
+    def n_indexed(self) -> int:
+        """Tokens in the index: positions [sinks, sinks + n_indexed); the rest is attended densely."""
+        return int(self._core.n_indexed)
+
+    @property
+    def n_segments(self) -> int:
+        return int(self._core.n_segments)
+
+    @property
+    def key_mean(self) -> np.ndarray:
+        """(n_kv_heads, head_dim) float32 centring means (zeros before the first append)."""
+        return self._core.key_mean()
+
+    def indexed_codes(self, head) -> np.ndarray:
+        """(n_indexed, l) uint32 table codes of KV head ``head``'s indexed keys, decoded from the index."""
+        return self._core.indexed_codes(check_int(head, "head", 0, self.n_kv_heads - 1))
+
+    def __repr__(self):
+        return (f"LSHKVIndex(head_dim={self.head_dim}, n_kv_heads={self.n_kv_heads}, k={self.k}, l={self.l}, "
+                f"min_collisions={self.min_collisions}, sinks={self.sinks}, window={self.window}, "
+                f"dtype={self.dtype!r}, tokens={len(self)}, indexed={self.n_indexed})")
+
+
+# ---------------------------------------------------------------------------
+# Exact kernels
+# ---------------------------------------------------------------------------
+
+def _dense_args(queries, keys, values):
+    Q = _queries(queries)
+    K = _kv(keys, "keys")
+    V = _kv(values, "values")
+    if K.dtype != V.dtype:
+        raise TypeError(f"keys, values: expected the same dtype, got {K.dtype} and {V.dtype}")
+    _check_kv_shapes(K, V, None, Q.shape[1])
+    if Q.shape[1] < 1:
+        raise ValueError(f"queries: expected head_dim >= 1, got shape {Q.shape}")
+    if K.shape[0] < 1:
+        raise ValueError(f"keys: expected at least one KV head, got shape {K.shape}")
+    _heads(Q.shape[0], K.shape[0])
+    return Q, K, V
+
+
+def dense_attention(queries, keys, values, scale=None, return_lse=False):
+    """Exact attention of one decode step.
+
+    queries (n_heads, d); keys, values (n_kv_heads, n, d), float or bfloat16 (uint16 bits /
+    torch.bfloat16), n_heads a multiple of n_kv_heads. Returns out (n_heads, d) float32
+    (and lse (n_heads,) with return_lse).
+    """
+    Q, K, V = _dense_args(queries, keys, values)
+    out, lse = _C.dense_attention(Q, K, V, _scale(scale, Q.shape[1]))
+    return (out, lse) if return_lse else out
+
+
+def topk_attention(queries, keys, values, budget, scale=None, return_lse=False):
+    """Exact softmax over the ``budget`` keys with the largest q.k of each query head
+    (ties by position). budget: int, or (n_heads,) ints (e.g. the keys LSH touched).
+    Same arrays as ``dense_attention``."""
+    Q, K, V = _dense_args(queries, keys, values)
+    H = Q.shape[0]
+    if isinstance(budget, (bool, np.bool_)):
+        raise TypeError("budget: expected an integer or an integer array, got bool")
+    if np.isscalar(budget):
+        b = np.full(H, check_int(budget, "budget", 0, None), dtype=np.int64)
+    else:
+        b = _array(budget, "budget")
+        if b.dtype.kind not in "iu":
+            raise TypeError(f"budget: expected integers, got {b.dtype}")
+        if b.shape != (H,):
+            raise ValueError(f"budget: expected shape ({H},), got {b.shape}")
+        if b.size and b.min() < 0:
+            raise ValueError(f"budget: expected budgets >= 0, got {int(b.min())}")
+        b = np.ascontiguousarray(b, dtype=np.int64)
+    out, lse = _C.topk_attention(Q, K, V, b, _scale(scale, Q.shape[1]))
+    return (out, lse) if return_lse else out
+
+
+def sampling_probability(cos_theta, k, l, min_collisions=2):
+    """(p, u) for cosines of the angle between query and centred key, computed by the
+    kernels' own code: p = (1 - acos(c)/pi)^k, u = P[Binomial(l, p) >= min_collisions]."""
+    c = _array(cos_theta, "cos_theta")
+    if c.dtype.kind not in "fiu":
+        raise TypeError(f"cos_theta: expected a real array, got {c.dtype}")
+    shape = c.shape
+    c = np.ascontiguousarray(c, dtype=np.float32).reshape(-1)
+    _check_finite(c, "cos_theta")
+    if c.size and (c.min() < -1.0 or c.max() > 1.0):
+        raise ValueError("cos_theta: expected values in [-1, 1]")
+    k = check_int(k, "k", 1, 32)
+    l = check_int(l, "l", 1, 65535)
+    m = check_int(min_collisions, "min_collisions", 0, min(l, 255))
+    p, u = _C.attention_sampling_prob(c, k, l, m)
+    return p.reshape(shape), u.reshape(shape)

@@ -1,0 +1,1201 @@
+// LSH-sampled decode attention (MagicPIG) and the exact kernels it is compared with.
+// See include/hashlab/attention.h for the algorithm; this file holds the index layout,
+// the decode step and the threading. The vector code is in kernels/attention_kernel.inc.
+//
+// Index layout. The indexed tokens [sinks, idx_end) are split into segments, each a
+// contiguous token range [start, start + n). A segment stores, per (KV head, table):
+//   off   (nb + 1) uint32: bucket b's entries are [off[b], off[b+1]); nb = 2^kb buckets
+//         chosen by the low kb bits of the key's code, kb = min(k, bitlen(n) - 4), so
+//         that a bucket holds ~8-16 keys or more on average;
+//   low   W bits per entry, in entry order: (local id & (2^L - 1)) | (code >> kb) << L,
+//         i.e. the low L = kb bits of the id and the code's k - kb remaining bits (the
+//         tag, checked against the query's; none when k <= kb);
+//   high  the ids' high parts, Elias-Fano style: bucket b owns bits
+//         [off[b] + b*H, off[b+1] + (b+1)*H) (H = number of possible high parts) and its
+//         j-th entry (ids ascending) sets bit off[b] + b*H + (id >> L) + j.
+// That is k + ~2 bits per (key, table) plus 32 * nb / n for the offsets (12.3 bits at
+// k = 10, n = 96K) instead of MagicPIG's 32-bit ids. Building a table is a counting sort
+// of the codes by bucket (ids arrive in increasing order, so buckets come out sorted)
+// and one sequential encoding pass. Tokens leaving the window are indexed `chunk` at a
+// time as a new segment; the last two segments are merged (decoded back to codes and
+// rebuilt) while the older one is at most twice the newer one: O(log n) segments.
+//
+// Decode step, per query head: hash the query (same rotations, not centred); for every
+// (segment, table) walk the query's bucket and count collisions per token (for m = 2, two
+// bitmaps: seen once, sampled); the sampled bitmap gives the ids in increasing order.
+// Per KV head the sampled sets of its query heads are merged (a bitmask of heads per
+// token), so every key and value row is read once per group. The union is split into
+// parts over the threads; each part computes, per head, the max, the sum of exp and the
+// weighted sum of values of its keys (plus the dense keys in part 0), flash-decoding
+// style, and the parts are merged with log-sum-exp.
+#include "hashlab/attention.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "dispatch.h"
+#include "hashlab/common.h"
+#include "hashlab/threads.h"
+#include "kernels/attention_kernels.h"
+#include "kernels/vector_ops.h"
+
+namespace hashlab {
+namespace {
+
+const AttnKernels& kern() {
+  switch (simd_level()) {
+    case Simd::avx512: return avx512::attn_kernels;
+    case Simd::avx2: return avx2::attn_kernels;
+    default: return scalar::attn_kernels;
+  }
+}
+
+inline int bitlen(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
+
+inline uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Large arrays are read at random (KV rows, buckets): 2 MB aligned and backed by
+// transparent huge pages where the system allows it, to spare a TLB miss per access.
+constexpr size_t HUGE_PAGE = size_t(2) << 20;
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// huge: ask for huge pages (only for memory that will be filled: a huge page is
+// committed, and zeroed, as a whole on first touch).
+void* big_alloc(size_t bytes, bool huge = true) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  if (bytes >= HUGE_PAGE) {
+    const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    if (posix_memalign(&p, HUGE_PAGE, rounded) != 0) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (huge) madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+  } else {
+    p = std::malloc(bytes);
+    if (!p) throw std::bad_alloc();
+  }
+  return p;
+}
+
+// Uninitialised array (the builders zero what they use, in the thread that uses it).
+template <typename T>
+struct Buf {
+  std::unique_ptr<T, FreeDeleter> p;
+  int64_t n = 0, allocated = 0;
+  void alloc(int64_t count) {
+    const size_t bytes = sizeof(T) * (size_t)count;
+    p.reset(static_cast<T*>(big_alloc(bytes)));
+    n = count;
+    allocated = (int64_t)(bytes >= HUGE_PAGE ? (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE : bytes);
+  }
+  T* data() { return p.get(); }
+  const T* data() const { return p.get(); }
+  int64_t bytes() const { return allocated; }  // as allocated (huge-page rounding included)
+};
+
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
+}
+
+// ---------------------------------------------------------------------------
+// log u = log P[Binomial(l, p) >= m] and its interpolation table
+// ---------------------------------------------------------------------------
+
+struct LogUTableData {
+  std::vector<float> F, dF;
+  LogUTable view;
+};
+
+constexpr int TABLE_INTERVALS = 4096;
+
+// log pmf(j; n, p) for 0 < p < 1.
+inline double log_pmf(int j, int n, double lp, double lq) {
+  return std::lgamma(n + 1.0) - std::lgamma(j + 1.0) - std::lgamma(n - j + 1.0) + j * lp + (n - j) * lq;
+}
+
+double log_sf_impl(int m, int l, double p) {
+  if (m <= 0) return 0.0;
+  if (m > l || p <= 0.0) return -INFINITY;
+  if (p >= 1.0) return 0.0;
+  const double lp = std::log(p), lq = std::log1p(-p), ratio = p / (1.0 - p);
+  // lower tail sum_{j < m} by the term recurrence from j = 0
+  double lower = 0.0;
+  {
+    double t = std::exp(l * lq);  // pmf(0)
+    for (int j = 0; j < m; ++j) {
+      lower += t;
+      t *= (double)(l - j) / (j + 1) * ratio;
+    }
+  }
+  if (lower < 0.5) return std::log1p(-lower);
+  // upper tail directly, relative to its first term (no cancellation, no underflow)
+  const double t0 = log_pmf(m, l, lp, lq);
+  double s = 0.0, t = 1.0;
+  for (int j = m; j <= l; ++j) {
+    s += t;
+    t *= (double)(l - j) / (j + 1) * ratio;
+    if (j > l * p && t < 1e-17 * s) break;
+  }
+  return t0 + std::log(s);
+}
+
+std::shared_ptr<const LogUTableData> log_u_table(int l, int m) {
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, std::shared_ptr<const LogUTableData>> cache;
+  std::lock_guard<std::mutex> g(mu);
+  auto it = cache.find({l, m});
+  if (it != cache.end()) return it->second;
+  auto d = std::make_shared<LogUTableData>();
+  if (m > 0) {
+    const int n = TABLE_INTERVALS;
+    const double x_lo = std::log(1e-7 / l), h = -x_lo / n;
+    d->F.resize(n + 1);
+    d->dF.resize(n + 1);
+    for (int i = 0; i <= n; ++i) {
+      const double x = i == n ? 0.0 : x_lo + i * h, p = std::exp(x);
+      const double F = log_sf_impl(m, l, p);
+      // dF/dx = p * l * pmf(m - 1; l - 1, p) / u
+      double dF;
+      if (p >= 1.0) dF = (m == l) ? (double)l : 0.0;
+      else dF = std::exp(std::log((double)l) + x + log_pmf(m - 1, l - 1, std::log(p), std::log1p(-p)) - F);
+      d->F[i] = (float)F;
+      d->dF[i] = (float)dF;
+    }
+    d->view.zero = false;
+    d->view.n = n;
+    d->view.x_lo = (float)x_lo;
+    d->view.h = (float)h;
+    d->view.inv_h = (float)(1.0 / h);
+    d->view.slope_lo = (float)m;
+    d->view.F = d->F.data();
+    d->view.dF = d->dF.data();
+  }
+  cache[{l, m}] = d;
+  return d;
+}
+
+// ---------------------------------------------------------------------------
+// Segments: Elias-Fano coded buckets
+// ---------------------------------------------------------------------------
+
+struct Segment {
+  int64_t start = 0, n = 0;
+  int kb = 0, L = 0, T = 0, W = 0;
+  int64_t nb = 0, H = 0, lw = 0, hw = 0;
+  Buf<uint32_t> off;   // [(g * l + t) * (nb + 1) + b]
+  Buf<uint64_t> low;   // [(g * l + t) * lw + w]
+  Buf<uint64_t> high;  // [(g * l + t) * hw + w]
+
+  int64_t nbytes() const { return off.bytes() + low.bytes() + high.bytes(); }
+};
+
+Segment make_segment(int64_t start, int64_t n, int k, int64_t heads, int l) {
+  Segment s;
+  s.start = start;
+  s.n = n;
+  s.kb = std::max(1, std::min(k, bitlen((uint64_t)n) - 4));
+  s.L = std::min(s.kb, bitlen((uint64_t)(n - 1)));
+  s.T = k - s.kb;
+  s.W = s.L + s.T;
+  s.nb = int64_t(1) << s.kb;
+  s.H = ((n - 1) >> s.L) + 1;
+  s.lw = (n * s.W + 63) / 64 + 1;  // + 1: the decoder reads 8 bytes at any entry
+  s.hw = (n + s.nb * s.H + 63) / 64 + 1;
+  s.off.alloc(heads * l * (s.nb + 1));
+  s.low.alloc(heads * l * s.lw);
+  s.high.alloc(heads * l * s.hw);
+  return s;
+}
+
+struct TableRef {
+  const uint32_t* off;
+  const uint64_t* low;
+  const uint64_t* high;
+};
+
+inline TableRef table_ref(const Segment& s, int64_t g, int t, int l) {
+  const int64_t ti = g * l + t;
+  return {s.off.data() + ti * (s.nb + 1), s.low.data() + ti * s.lw, s.high.data() + ti * s.hw};
+}
+
+// Builds one table of a segment from the codes of its n tokens (local ids 0..n-1):
+// a counting sort by bucket into `tmp` (ids, with the tag in the high half when the code
+// has more bits than the bucket; ids come in increasing order, so each bucket is sorted),
+// then one sequential pass that writes the low fields and the high bits in order.
+template <bool TAG>
+void build_table_impl(const Segment& s, uint32_t* off, uint64_t* low, uint64_t* high, const uint32_t* codes,
+                      std::vector<uint32_t>& cursor, std::vector<uint64_t>& tmp) {
+  typedef typename std::conditional<TAG, uint64_t, uint32_t>::type Entry;
+  const uint32_t bmask = (uint32_t)(s.nb - 1);
+  const int W = s.W, L = s.L, kb = s.kb;
+  const int64_t H = s.H, n = s.n;
+  std::fill(off, off + s.nb + 1, 0u);
+  for (int64_t i = 0; i < n; ++i) ++off[(codes[i] & bmask) + 1];
+  for (int64_t b = 0; b < s.nb; ++b) off[b + 1] += off[b];
+  cursor.assign(off, off + s.nb);
+  tmp.resize((n * sizeof(Entry) + 7) / 8);
+  Entry* __restrict tp = reinterpret_cast<Entry*>(tmp.data());
+  uint32_t* __restrict cur = cursor.data();
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t c = codes[i];
+    tp[cur[c & bmask]++] = TAG ? (Entry)((((uint64_t)c >> kb) << 32) | (uint64_t)i) : (Entry)i;
+  }
+  const uint64_t lmask = (uint64_t(1) << L) - 1;
+  std::memset(high, 0, sizeof(uint64_t) * s.hw);
+  uint64_t lacc = 0;
+  int lbits = 0;
+  int64_t lw = 0;
+  for (int64_t b = 0; b < s.nb; ++b) {
+    const int64_t hbase = b * H;
+    for (int64_t e = off[b], e1 = off[b + 1]; e < e1; ++e) {
+      const uint64_t v = tp[e], i = v & 0xFFFFFFFFull;
+      const uint64_t f = TAG ? (i & lmask) | ((v >> 32) << L) : (i & lmask);
+      // low fields through a running word, without branches (W <= 32, lbits < 64)
+      lacc |= f << lbits;
+      low[lw] = lacc;
+      const int nb2 = lbits + W;
+      const bool cross = nb2 >= 64;
+      const uint64_t carry = f >> ((64 - lbits) & 63);
+      lw += cross;
+      lacc = cross ? carry : lacc;
+      lbits = cross ? nb2 - 64 : nb2;
+      // high bits: positions increase along the entries, so the words are written in order
+      const int64_t hp = e + hbase + (int64_t)(i >> L);
+      high[hp >> 6] |= uint64_t(1) << (hp & 63);
+    }
+  }
+  low[lw++] = lacc;
+  while (lw < s.lw) low[lw++] = 0;
+}
+
+void build_table(const Segment& s, int64_t g, int t, int l, const uint32_t* codes, std::vector<uint32_t>& cursor,
+                 std::vector<uint64_t>& tmp) {
+  const int64_t ti = g * l + t;
+  uint32_t* off = const_cast<uint32_t*>(s.off.data()) + ti * (s.nb + 1);
+  uint64_t* low = const_cast<uint64_t*>(s.low.data()) + ti * s.lw;
+  uint64_t* high = const_cast<uint64_t*>(s.high.data()) + ti * s.hw;
+  if (s.T) build_table_impl<true>(s, off, low, high, codes, cursor, tmp);
+  else build_table_impl<false>(s, off, low, high, codes, cursor, tmp);
+}
+
+// Calls f(id_high, field) for every entry of bucket b, ids ascending.
+template <typename Fn>
+inline void for_bucket(const Segment& s, const TableRef& tr, uint32_t b, Fn&& f) {
+  const int64_t e0 = tr.off[b], e1 = tr.off[b + 1];
+  if (e0 == e1) return;
+  const int64_t hs = e0 + (int64_t)b * s.H;
+  int64_t wi = hs >> 6;
+  uint64_t w = tr.high[wi] & (~uint64_t(0) << (hs & 63));
+  const uint8_t* lb = reinterpret_cast<const uint8_t*>(tr.low);
+  const uint64_t wmask = (uint64_t(1) << s.W) - 1;
+  const int W = s.W;
+  for (int64_t e = e0; e < e1; ++e) {
+    while (!w) w = tr.high[++wi];
+    const int64_t pos = wi * 64 + __builtin_ctzll(w);
+    w &= w - 1;
+    const uint64_t hi = (uint64_t)(pos - hs - (e - e0));
+    const int64_t bp = e * W;
+    uint64_t fld;
+    std::memcpy(&fld, lb + (bp >> 3), 8);
+    f(hi, (fld >> (bp & 7)) & wmask);
+  }
+}
+
+// codes[id] for every local id of the segment's table (g, t).
+void decode_table(const Segment& s, int64_t g, int t, int l, uint32_t* codes) {
+  const TableRef tr = table_ref(s, g, t, l);
+  const uint64_t lmask = (uint64_t(1) << s.L) - 1;
+  for (int64_t b = 0; b < s.nb; ++b)
+    for_bucket(s, tr, (uint32_t)b, [&](uint64_t hi, uint64_t fld) {
+      const uint64_t id = (hi << s.L) | (fld & lmask);
+      codes[id] = (uint32_t)((uint64_t)b | ((fld >> s.L) << s.kb));
+    });
+}
+
+// Collision counters of one query head over the token range. The sampled tokens end up
+// marked in `sel` (a bitmap). m = 1: a first collision marks. m = 2: `once` (a bitmap)
+// holds the tokens seen once, a second collision marks: two bitmaps of n/8 bytes each
+// stay in L1/L2 where a byte per token would not. m >= 3: saturating uint8 counts.
+struct Counters {
+  int m = 2;
+  uint8_t* cnt = nullptr;
+  uint64_t* once = nullptr;
+  uint64_t* sel = nullptr;
+};
+
+// Collisions of one query code with one table: walks the query's bucket.
+template <bool TAG, int MODE>
+void count_table(const Segment& s, const TableRef& tr, uint32_t qcode, const Counters& C) {
+  const uint32_t b = qcode & (uint32_t)(s.nb - 1);
+  const int64_t e0 = tr.off[b], e1 = tr.off[b + 1];
+  if (e0 == e1) return;
+  const uint64_t qt = (uint64_t)qcode >> s.kb;
+  const int L = s.L, W = s.W;
+  const uint64_t lmask = (uint64_t(1) << L) - 1, wmask = (uint64_t(1) << W) - 1;
+  const int64_t hs = e0 + (int64_t)b * s.H, hb = hs - e0, base = s.start;
+  const uint64_t* __restrict high = tr.high;
+  const uint8_t* __restrict lb = reinterpret_cast<const uint8_t*>(tr.low);
+  uint64_t* __restrict sel = C.sel;
+  int64_t wi = hs >> 6;
+  uint64_t w = high[wi] & (~uint64_t(0) << (hs & 63));
+  for (int64_t e = e0; e < e1; ++e) {
+    while (!w) w = high[++wi];
+    const int64_t pos = (wi << 6) + __builtin_ctzll(w);
+    w &= w - 1;
+    const int64_t bp = e * W;
+    uint64_t fld;
+    std::memcpy(&fld, lb + (bp >> 3), 8);
+    fld = (fld >> (bp & 7)) & wmask;
+    if (TAG && (fld >> L) != qt) continue;
+    const int64_t id = base + (int64_t)(((uint64_t)(pos - hb - e) << L) | (fld & lmask));
+    const int64_t wd = id >> 6;
+    const uint64_t bit = uint64_t(1) << (id & 63);
+    if (MODE == 1) {
+      sel[wd] |= bit;
+    } else if (MODE == 2) {
+      uint64_t* __restrict once = C.once;
+      sel[wd] |= once[wd] & bit;
+      once[wd] |= bit;
+    } else {
+      uint8_t c = C.cnt[id];
+      c = (uint8_t)(c + (c != 255));
+      C.cnt[id] = c;
+      if (c == C.m) sel[wd] |= bit;
+    }
+  }
+}
+
+template <int MODE>
+inline void count_table_any(const Segment& s, const TableRef& tr, uint32_t qcode, const Counters& C) {
+  if (s.T) count_table<true, MODE>(s, tr, qcode, C);
+  else count_table<false, MODE>(s, tr, qcode, C);
+}
+
+// All collisions of one query head (codes qc[t * qstride]) with KV head g's index.
+// The buckets of the next tables are prefetched: offsets 8 tables ahead, entries 4 ahead.
+template <int MODE>
+void count_head_mode(const std::vector<Segment>& segs, int64_t g, int l, const uint32_t* qc, int64_t qstride,
+                     const Counters& C) {
+  constexpr int AHEAD_OFF = 8, AHEAD_DATA = 4;
+  for (const Segment& seg : segs) {
+    const uint32_t bmask = (uint32_t)(seg.nb - 1);
+    for (int t = 0; t < l; ++t) {
+      if (t + AHEAD_OFF < l) {
+        const TableRef tr = table_ref(seg, g, t + AHEAD_OFF, l);
+        __builtin_prefetch(tr.off + (qc[(t + AHEAD_OFF) * qstride] & bmask));
+      }
+      if (t + AHEAD_DATA < l) {
+        const TableRef tr = table_ref(seg, g, t + AHEAD_DATA, l);
+        const uint32_t b = qc[(t + AHEAD_DATA) * qstride] & bmask;
+        const int64_t e0 = tr.off[b];
+        const char* lo = reinterpret_cast<const char*>(tr.low) + ((e0 * seg.W) >> 3);
+        __builtin_prefetch(lo);
+        __builtin_prefetch(lo + 64);
+        __builtin_prefetch(reinterpret_cast<const char*>(tr.high) + ((e0 + (int64_t)b * seg.H) >> 3));
+      }
+      count_table_any<MODE>(seg, table_ref(seg, g, t, l), qc[t * qstride], C);
+    }
+  }
+}
+
+void count_head(const std::vector<Segment>& segs, int64_t g, int l, const uint32_t* qc, int64_t qstride,
+                const Counters& C) {
+  if (C.m == 1) count_head_mode<1>(segs, g, l, qc, qstride, C);
+  else if (C.m == 2) count_head_mode<2>(segs, g, l, qc, qstride, C);
+  else count_head_mode<0>(segs, g, l, qc, qstride, C);
+}
+
+// ---------------------------------------------------------------------------
+// The attention engine shared by the LSH index and the exact kernels
+// ---------------------------------------------------------------------------
+
+// Row i of KV head g: pages of 2^shift rows.
+struct Rows {
+  const uint8_t* const* pages = nullptr;
+  int64_t pages_per_head = 1;
+  int shift = 40;
+  int64_t row_bytes = 0;
+  const uint8_t* row(int64_t g, int64_t i) const {
+    return pages[g * pages_per_head + (i >> shift)] + (i & ((int64_t(1) << shift) - 1)) * row_bytes;
+  }
+};
+
+// A row as float32: the row itself, or converted into buf.
+inline const float* row_f32(const AttnKernels& K, const Rows& R, bool bf16, int64_t g, int64_t i, int64_t d,
+                            float* buf) {
+  const uint8_t* p = R.row(g, i);
+  if (!bf16) return reinterpret_cast<const float*>(p);
+  K.bf16_to_f32(reinterpret_cast<const uint16_t*>(p), buf, d);
+  return buf;
+}
+
+// Heads [h0, h0 + Gs) of KV head g (Gs <= 32).
+struct SubGroup {
+  int64_t g, h0;
+  int Gs;
+};
+
+struct Correction {
+  bool on = false;
+  const LogUTable* tab = nullptr;
+  int k = 0;
+  const float* kc_norm = nullptr;  // per token of KV head g (set per subgroup)
+  const float* qmu = nullptr;      // per head (absolute head index)
+  const float* qnorm = nullptr;
+  const float* extra = nullptr;
+};
+
+// One part of a subgroup's keys: dense token ranges (every head) and a slice of the
+// sampled union (ids ascending, bit j of mask = head h0 + j). Writes per head
+// (max, sum of exp, sum of exp * v) into part[j * (d + 2) ...].
+//
+// Flash-decoding style: the union is processed in blocks of keys with a running max per
+// head; within a block, the key pass prefetches the key and value rows ahead, so the
+// value pass that follows finds its rows in cache.
+void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16, const float* Q, int64_t d,
+                 float scale, const SubGroup& sg, const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                 const int32_t* ids, const uint32_t* masks, int64_t ns, const Correction& cor, float* part) {
+  const int Gs = sg.Gs;
+  const float* Qs = Q + sg.h0 * d;
+  const int64_t PF = std::max<int64_t>(2, 2048 / std::max<int64_t>(Kr.row_bytes, 1));  // rows prefetched ahead
+  constexpr int64_t BLOCK = 128;
+  const auto& vo = vector_ops();
+  std::vector<float> buf(d), tmp(Gs), M(Gs, -INFINITY), S(Gs, 0.0f), acc((size_t)Gs * d, 0.0f);
+  // merges a block's logits (z[j * zs + i], i < n_j) into the running state; z becomes weights
+  auto absorb = [&](int j, float* z, int64_t n_j) {
+    if (n_j == 0) return false;
+    float mx = M[j];
+    for (int64_t i = 0; i < n_j; ++i) mx = std::max(mx, z[i]);
+    if (!(mx > -INFINITY)) {
+      std::fill(z, z + n_j, 0.0f);
+      return false;
+    }
+    if (mx > M[j]) {
+      const float f = M[j] > -INFINITY ? std::exp(M[j] - mx) : 0.0f;
+      S[j] *= f;
+      if (f != 1.0f)
+        for (int64_t e = 0; e < d; ++e) acc[j * d + e] *= f;
+      M[j] = mx;
+    }
+    S[j] += vo.exp_shift_sum(z, n_j, mx);
+    return true;
+  };
+  // dense keys: all heads
+  int64_t nd = 0;
+  for (auto& r : ranges) nd += r.second - r.first;
+  if (nd) {
+    std::vector<float> zd((size_t)Gs * nd);
+    int64_t i = 0;
+    for (auto& r : ranges)
+      for (int64_t t = r.first; t < r.second; ++t, ++i) {
+        const float* row = row_f32(K, Kr, bf16, sg.g, t, d, buf.data());
+        K.dots(Qs, d, Gs, row, d, tmp.data());
+        for (int j = 0; j < Gs; ++j) zd[j * nd + i] = tmp[j] * scale;
+      }
+    for (int j = 0; j < Gs; ++j) absorb(j, zd.data() + j * nd, nd);
+    i = 0;
+    for (auto& r : ranges)
+      for (int64_t t = r.first; t < r.second; ++t, ++i) {
+        const float* row = row_f32(K, Vr, bf16, sg.g, t, d, buf.data());
+        for (int j = 0; j < Gs; ++j) K.axpy(zd[j * nd + i], row, acc.data() + j * d, d);
+      }
+  }
+  // sampled keys, in blocks
+  std::vector<int64_t> cnt(Gs + 1), cur(Gs);
+  std::vector<float> zdot, nrm, zs;
+  for (int64_t u = 0; u < std::min(ns, PF); ++u) {
+    prefetch_bytes(Kr.row(sg.g, ids[u]), Kr.row_bytes);
+    prefetch_bytes(Vr.row(sg.g, ids[u]), Vr.row_bytes);
+  }
+  for (int64_t b0 = 0; b0 < ns; b0 += BLOCK) {
+    const int64_t b1 = std::min(ns, b0 + BLOCK);
+    std::fill(cnt.begin(), cnt.end(), 0);
+    for (int64_t u = b0; u < b1; ++u)
+      for (uint32_t mk = masks[u]; mk; mk &= mk - 1) ++cnt[__builtin_ctz(mk) + 1];
+    for (int j = 0; j < Gs; ++j) cnt[j + 1] += cnt[j];
+    const int64_t tot = cnt[Gs];
+    zdot.resize(tot);
+    zs.resize(tot);
+    if (cor.on) nrm.resize(tot);
+    std::copy(cnt.begin(), cnt.end() - 1, cur.begin());
+    for (int64_t u = b0; u < b1; ++u) {
+      if (u + PF < ns) {
+        prefetch_bytes(Kr.row(sg.g, ids[u + PF]), Kr.row_bytes);
+        prefetch_bytes(Vr.row(sg.g, ids[u + PF]), Vr.row_bytes);
+      }
+      const float* row = row_f32(K, Kr, bf16, sg.g, ids[u], d, buf.data());
+      for (uint32_t mk = masks[u]; mk; mk &= mk - 1) {
+        const int j = __builtin_ctz(mk);
+        zdot[cur[j]] = K.dot(Qs + j * d, row, d);
+        if (cor.on) nrm[cur[j]] = cor.kc_norm[ids[u]];
+        ++cur[j];
+      }
+    }
+    for (int j = 0; j < Gs; ++j) {
+      const int64_t a = cnt[j], n_j = cnt[j + 1] - a;
+      if (!n_j) continue;
+      const int64_t h = sg.h0 + j;
+      if (cor.on)
+        K.correct_logits(zdot.data() + a, nrm.data() + a, n_j, cor.qmu[h], cor.qnorm[h], scale, cor.k, *cor.tab,
+                         cor.extra[h], zs.data() + a);
+      else
+        for (int64_t i = 0; i < n_j; ++i) zs[a + i] = scale * zdot[a + i];
+      absorb(j, zs.data() + a, n_j);
+    }
+    std::copy(cnt.begin(), cnt.end() - 1, cur.begin());
+    for (int64_t u = b0; u < b1; ++u) {
+      const float* row = row_f32(K, Vr, bf16, sg.g, ids[u], d, buf.data());
+      for (uint32_t mk = masks[u]; mk; mk &= mk - 1) {
+        const int j = __builtin_ctz(mk);
+        K.axpy(zs[cur[j]++], row, acc.data() + j * d, d);
+      }
+    }
+  }
+  for (int j = 0; j < Gs; ++j) {
+    float* p = part + j * (d + 2);
+    p[0] = M[j];
+    p[1] = S[j];
+    std::memcpy(p + 2, acc.data() + j * d, sizeof(float) * d);
+  }
+}
+
+struct Task {
+  int sg;
+  int64_t u0, u1;  // slice of the subgroup's union
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+};
+
+// Merges the parts of every head: out = acc / sum, lse = max + log(sum).
+void merge_parts(const std::vector<SubGroup>& sgs, const std::vector<Task>& tasks, const std::vector<float>& parts,
+                 int64_t d, float* out, float* lse) {
+  std::vector<int64_t> part_off(tasks.size() + 1, 0);
+  for (size_t t = 0; t < tasks.size(); ++t) part_off[t + 1] = part_off[t] + sgs[tasks[t].sg].Gs * (d + 2);
+  for (size_t si = 0; si < sgs.size(); ++si) {
+    const SubGroup& sg = sgs[si];
+    for (int j = 0; j < sg.Gs; ++j) {
+      float mx = -INFINITY;
+      for (size_t t = 0; t < tasks.size(); ++t)
+        if (tasks[t].sg == (int)si) mx = std::max(mx, parts[part_off[t] + j * (d + 2)]);
+      float* o = out + (sg.h0 + j) * d;
+      std::fill(o, o + d, 0.0f);
+      double s = 0.0;
+      if (mx > -INFINITY) {
+        std::vector<double> acc(d, 0.0);
+        for (size_t t = 0; t < tasks.size(); ++t) {
+          if (tasks[t].sg != (int)si) continue;
+          const float* p = parts.data() + part_off[t] + j * (d + 2);
+          if (!(p[0] > -INFINITY)) continue;
+          const double f = std::exp((double)p[0] - mx);
+          s += f * p[1];
+          for (int64_t e = 0; e < d; ++e) acc[e] += f * p[2 + e];
+        }
+        for (int64_t e = 0; e < d; ++e) o[e] = s > 0 ? (float)(acc[e] / s) : 0.0f;
+      }
+      if (lse) lse[sg.h0 + j] = s > 0 ? (float)(mx + std::log(s)) : -INFINITY;
+    }
+  }
+}
+
+std::vector<SubGroup> make_subgroups(int64_t n_heads, int64_t n_kv) {
+  const int64_t G = n_heads / n_kv;
+  std::vector<SubGroup> sgs;
+  for (int64_t g = 0; g < n_kv; ++g)
+    for (int64_t j0 = 0; j0 < G; j0 += 32) sgs.push_back({g, g * G + j0, (int)std::min<int64_t>(32, G - j0)});
+  return sgs;
+}
+
+// Per subgroup: the union of its heads' sorted id lists, ascending, with head masks.
+void unions(const std::vector<SubGroup>& sgs, const std::vector<std::vector<int32_t>>& sel, int64_t n_tokens,
+            std::vector<std::vector<int32_t>>& uids, std::vector<std::vector<uint32_t>>& umask) {
+  uids.assign(sgs.size(), {});
+  umask.assign(sgs.size(), {});
+  parallel_for((int64_t)sgs.size(), 1, [&](int64_t s0, int64_t s1) {
+    std::vector<uint32_t> mask(n_tokens, 0);
+    std::vector<uint64_t> bm((n_tokens + 63) / 64, 0);
+    for (int64_t si = s0; si < s1; ++si) {
+      const SubGroup& sg = sgs[si];
+      for (int j = 0; j < sg.Gs; ++j)
+        for (int32_t id : sel[sg.h0 + j]) {
+          mask[id] |= 1u << j;
+          bm[id >> 6] |= uint64_t(1) << (id & 63);
+        }
+      auto& ids = uids[si];
+      auto& mk = umask[si];
+      for (size_t w = 0; w < bm.size(); ++w) {
+        for (uint64_t x = bm[w]; x; x &= x - 1) {
+          const int64_t id = (int64_t)w * 64 + __builtin_ctzll(x);
+          ids.push_back((int32_t)id);
+          mk.push_back(mask[id]);
+          mask[id] = 0;
+        }
+        bm[w] = 0;
+      }
+    }
+  });
+}
+
+// Runs the parts of every subgroup over the threads and merges them.
+void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16, const float* Q, int64_t n_heads,
+                   int64_t n_kv, int64_t d, float scale, const std::vector<SubGroup>& sgs,
+                   const std::vector<std::vector<int32_t>>& uids, const std::vector<std::vector<uint32_t>>& umask,
+                   const std::vector<std::pair<int64_t, int64_t>>& dense, int64_t dense_block,
+                   const Correction& cor_base, const std::vector<const float*>& kc_norm, float* out, float* lse) {
+  (void)n_heads;
+  (void)n_kv;
+  const int64_t threads = get_num_threads();
+  std::vector<Task> tasks;
+  const int64_t want = std::max<int64_t>(1, (4 * threads + (int64_t)sgs.size() - 1) / (int64_t)sgs.size());
+  for (size_t si = 0; si < sgs.size(); ++si) {
+    const int64_t U = uids.empty() ? 0 : (int64_t)uids[si].size();
+    std::vector<std::pair<int64_t, int64_t>> blocks;  // dense ranges cut into blocks
+    if (dense_block > 0) {
+      for (auto& r : dense)
+        for (int64_t a = r.first; a < r.second; a += dense_block) blocks.push_back({a, std::min(r.second, a + dense_block)});
+    }
+    if (dense_block > 0 && !blocks.empty()) {
+      for (auto& b : blocks) tasks.push_back({(int)si, 0, 0, {b}});
+      if (U) tasks.push_back({(int)si, 0, U, {}});
+      continue;
+    }
+    const int64_t np = std::max<int64_t>(1, std::min<int64_t>(want, U / 256));
+    for (int64_t p = 0; p < np; ++p) {
+      Task t{(int)si, U * p / np, U * (p + 1) / np, {}};
+      if (p == 0) t.ranges = dense;
+      tasks.push_back(std::move(t));
+    }
+  }
+  std::vector<int64_t> part_off(tasks.size() + 1, 0);
+  for (size_t t = 0; t < tasks.size(); ++t) part_off[t + 1] = part_off[t] + sgs[tasks[t].sg].Gs * (d + 2);
+  std::vector<float> parts(part_off.back());
+  parallel_for((int64_t)tasks.size(), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const Task& t = tasks[ti];
+      const SubGroup& sg = sgs[t.sg];
+      Correction cor = cor_base;
+      if (cor.on) cor.kc_norm = kc_norm[sg.g];
+      const int32_t* ids = uids.empty() ? nullptr : uids[t.sg].data() + t.u0;
+      const uint32_t* mk = umask.empty() ? nullptr : umask[t.sg].data() + t.u0;
+      attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, ids, mk, t.u1 - t.u0, cor, parts.data() + part_off[ti]);
+    }
+  });
+  merge_parts(sgs, tasks, parts, d, out, lse);
+}
+
+// True when none of the n values (float32, or bfloat16 bit patterns) is NaN or inf.
+bool all_finite(const void* p, int64_t n, bool bf16) {
+  std::atomic<bool> ok{true};
+  parallel_for((n + 65535) / 65536, 1, [&](int64_t c0, int64_t c1) {
+    const int64_t a = c0 * 65536, b = std::min(n, c1 * 65536);
+    // exponent all ones <=> (exponent bits + one exponent step) carries into the sign bit;
+    // integer AND/ADD/OR only, so the loops vectorise
+    uint32_t acc = 0;
+    if (bf16) {
+      const uint16_t* x = static_cast<const uint16_t*>(p);
+      for (int64_t i = a; i < b; ++i) acc |= (uint32_t)((x[i] & 0x7F80u) + 0x0080u);
+      acc &= 0x8000u;
+    } else {
+      const uint32_t* x = static_cast<const uint32_t*>(p);
+      for (int64_t i = a; i < b; ++i) acc |= (x[i] & 0x7F800000u) + 0x00800000u;
+      acc &= 0x80000000u;
+    }
+    if (acc) ok.store(false);
+  });
+  return ok.load();
+}
+
+// The exact kernels check their inputs through the output: a NaN or inf in a key or
+// value row that is read makes it non-finite (no extra pass over the KV).
+void check_output(const float* out, const float* lse, int64_t n_heads, int64_t d) {
+  for (int64_t i = 0; i < n_heads * d; ++i)
+    if (!std::isfinite(out[i])) fail("keys, values: expected finite values, got NaN or inf (non-finite output)");
+  if (lse)
+    for (int64_t h = 0; h < n_heads; ++h)
+      if (std::isnan(lse[h]) || lse[h] == INFINITY)
+        fail("keys, values: expected finite values, got NaN or inf (non-finite output)");
+}
+
+void check_heads(int64_t n_heads, int64_t n_kv, int64_t d) {
+  check(n_kv >= 1, "n_kv_heads: expected >= 1");
+  check(d >= 1, "head_dim: expected >= 1");
+  if (n_heads < 1 || n_heads % n_kv != 0)
+    fail("queries: expected a number of heads that is a positive multiple of n_kv_heads (" + std::to_string(n_kv) +
+         "), got " + std::to_string(n_heads));
+}
+
+}  // namespace
+
+double log_binom_sf(int m, int l, double p) { return log_sf_impl(m, l, p); }
+
+void attention_sampling_prob(const float* cosv, int64_t n, int k, int l, int m, float* p, float* u) {
+  check(k >= 1 && k <= 32, "k: expected 1 <= k <= 32");
+  check(l >= 1, "l: expected l >= 1");
+  check(m >= 0 && m <= l && m <= 255, "min_collisions: expected 0 <= min_collisions <= min(l, 255)");
+  auto tab = log_u_table(l, m);
+  kern().sampling_prob(cosv, n, k, tab->view, p, u);
+}
+
+// ---------------------------------------------------------------------------
+// Exact kernels
+// ---------------------------------------------------------------------------
+
+namespace {
+Rows contiguous_rows(const void* base, int64_t n_kv, int64_t n, int64_t row_bytes, std::vector<const uint8_t*>& pages) {
+  pages.resize(n_kv);
+  for (int64_t g = 0; g < n_kv; ++g) pages[g] = static_cast<const uint8_t*>(base) + g * n * row_bytes;
+  Rows r;
+  r.pages = pages.data();
+  r.pages_per_head = 1;
+  r.shift = 40;
+  r.row_bytes = row_bytes;
+  return r;
+}
+}  // namespace
+
+void dense_attention(const float* Q, int64_t n_heads, const void* Kp, const void* Vp, bool bf16, int64_t n_kv,
+                     int64_t n, int64_t d, float scale, float* out, float* lse) {
+  check_heads(n_heads, n_kv, d);
+  check(n >= 0, "keys: expected n >= 0");
+  const int64_t rb = d * (bf16 ? 2 : 4);
+  std::vector<const uint8_t*> kp, vp;
+  const Rows Kr = contiguous_rows(Kp, n_kv, n, rb, kp), Vr = contiguous_rows(Vp, n_kv, n, rb, vp);
+  const auto sgs = make_subgroups(n_heads, n_kv);
+  std::vector<std::pair<int64_t, int64_t>> dense;
+  if (n) dense.push_back({0, n});
+  run_attention(kern(), Kr, Vr, bf16, Q, n_heads, n_kv, d, scale, sgs, {}, {}, dense, 2048, Correction{}, {}, out,
+                lse);
+  check_output(out, lse, n_heads, d);
+}
+
+void topk_attention(const float* Q, int64_t n_heads, const void* Kp, const void* Vp, bool bf16, int64_t n_kv,
+                    int64_t n, int64_t d, const int64_t* budget, float scale, float* out, float* lse) {
+  check_heads(n_heads, n_kv, d);
+  check(n >= 0, "keys: expected n >= 0");
+  for (int64_t h = 0; h < n_heads; ++h) check(budget[h] >= 0, "budget: expected budgets >= 0");
+  const AttnKernels& K = kern();
+  const int64_t rb = d * (bf16 ? 2 : 4);
+  std::vector<const uint8_t*> kp, vp;
+  const Rows Kr = contiguous_rows(Kp, n_kv, n, rb, kp), Vr = contiguous_rows(Vp, n_kv, n, rb, vp);
+  const auto sgs = make_subgroups(n_heads, n_kv);
+  // all logits (unscaled q.k; scale > 0 keeps the order)
+  std::vector<float> z(n_heads * n);
+  const int64_t B = 4096, nblk = (n + B - 1) / B;
+  parallel_for((int64_t)sgs.size() * nblk, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> buf(d), tmp(32);
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const SubGroup& sg = sgs[ti / nblk];
+      const int64_t a = (ti % nblk) * B, b = std::min(n, a + B);
+      for (int64_t i = a; i < b; ++i) {
+        const float* row = row_f32(K, Kr, bf16, sg.g, i, d, buf.data());
+        K.dots(Q + sg.h0 * d, d, sg.Gs, row, d, tmp.data());
+        for (int j = 0; j < sg.Gs; ++j) z[(sg.h0 + j) * n + i] = tmp[j];
+      }
+    }
+  });
+  // NaN logits cannot be ordered (and would break nth_element): reject them first
+  for (int64_t i = 0; i < n_heads * n; ++i)
+    if (std::isnan(z[i])) fail("keys: expected finite values, got NaN or inf");
+  // per head: the budget largest, ids ascending (ties broken by position)
+  std::vector<std::vector<int32_t>> sel(n_heads);
+  parallel_for(n_heads, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<float> c;
+    for (int64_t h = h0; h < h1; ++h) {
+      const float* zh = z.data() + h * n;
+      const int64_t kk = std::min(budget[h], n);
+      auto& s = sel[h];
+      if (kk == 0) continue;
+      if (kk == n) {
+        s.resize(n);
+        std::iota(s.begin(), s.end(), 0);
+        continue;
+      }
+      c.assign(zh, zh + n);
+      std::nth_element(c.begin(), c.begin() + (kk - 1), c.end(), std::greater<float>());
+      const float tau = c[kk - 1];
+      int64_t gt = 0;
+      for (int64_t i = 0; i < n; ++i) gt += zh[i] > tau;
+      int64_t ties = kk - gt;
+      s.reserve(kk);
+      for (int64_t i = 0; i < n; ++i)
+        if (zh[i] > tau || (zh[i] == tau && ties-- > 0)) s.push_back((int32_t)i);
+    }
+  });
+  std::vector<std::vector<int32_t>> uids;
+  std::vector<std::vector<uint32_t>> umask;
+  unions(sgs, sel, n, uids, umask);
+  run_attention(K, Kr, Vr, bf16, Q, n_heads, n_kv, d, scale, sgs, uids, umask, {}, 0, Correction{}, {}, out, lse);
+  check_output(out, lse, n_heads, d);
+}
+
+// ---------------------------------------------------------------------------
+// The index
+// ---------------------------------------------------------------------------
+
+struct LSHAttentionIndex::Impl {
+  int page_shift = 10;  // KV pages of 2^page_shift tokens, >= 2 MB (set in the constructor)
+  AttentionConfig cfg;
+  int64_t D = 1, n_rot = 0;
+  std::vector<float> signs;
+  std::shared_ptr<const LogUTableData> tab;
+  int64_t n = 0, idx_end = 0;
+  bool has_prompt = false;
+  std::vector<float> mean;                                   // (n_kv, d)
+  std::vector<std::vector<std::unique_ptr<uint8_t, FreeDeleter>>> kpages, vpages;  // per KV head
+  std::vector<std::vector<float>> kc_norm;                   // per KV head, per token (< idx_end)
+  std::vector<Segment> segs;
+  double t_hash = 0, t_tables = 0;  // seconds spent hashing keys, building and merging tables
+  mutable std::mutex mu;            // append, attend and the readers of the segments
+
+  int64_t row_bytes() const { return cfg.head_dim * (cfg.bf16 ? 2 : 4); }
+
+  Rows rows(const std::vector<std::vector<std::unique_ptr<uint8_t, FreeDeleter>>>& pages,
+            std::vector<const uint8_t*>& ptrs) const {
+    const int64_t P = pages.empty() ? 0 : (int64_t)pages[0].size();
+    ptrs.resize(cfg.n_kv_heads * std::max<int64_t>(P, 1));
+    for (int64_t g = 0; g < cfg.n_kv_heads; ++g)
+      for (int64_t p = 0; p < P; ++p) ptrs[g * P + p] = pages[g][p].get();
+    Rows r;
+    r.pages = ptrs.data();
+    r.pages_per_head = std::max<int64_t>(P, 1);
+    r.shift = page_shift;
+    r.row_bytes = row_bytes();
+    return r;
+  }
+
+  void store(std::vector<std::vector<std::unique_ptr<uint8_t, FreeDeleter>>>& pages, const void* src, int64_t t) {
+    const int64_t rbytes = row_bytes(), page = int64_t(1) << page_shift;
+    parallel_for(cfg.n_kv_heads, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const uint8_t* s = static_cast<const uint8_t*>(src) + g * t * rbytes;
+      int64_t i = n, done = 0;
+      while (done < t) {
+        const int64_t p = i >> page_shift, o = i & (page - 1);
+        while ((int64_t)pages[g].size() <= p)  // huge pages once the cache is large enough to fill them
+          pages[g].emplace_back(static_cast<uint8_t*>(big_alloc((size_t)(page * rbytes), (n + t) * 2 >= page)));
+        const int64_t c = std::min(t - done, page - o);
+        std::memcpy(pages[g][p].get() + o * rbytes, s + done * rbytes, c * rbytes);
+        done += c;
+        i += c;
+      }
+    }
+    });
+  }
+
+  // Hashes tokens [a, b) of every KV head: codes (l, b - a) of head g into codes,
+  // key norms into kc_norm. Runs fn(g, codes) after each head.
+  template <typename Fn>
+  void hash_range(int64_t a, int64_t b, std::vector<uint32_t>& codes, Fn&& after_head) {
+    const AttnKernels& K = kern();
+    const int64_t nseg = b - a, d = cfg.head_dim, rbytes = row_bytes(), page = int64_t(1) << page_shift;
+    codes.resize((size_t)cfg.l * nseg);
+    for (int64_t g = 0; g < cfg.n_kv_heads; ++g) {
+      auto& nrm = kc_norm[g];
+      if ((int64_t)nrm.size() < b) nrm.resize(b);
+      const int64_t blk = 64, nblk = (nseg + blk - 1) / blk;
+      parallel_for(nblk, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t bi = b0; bi < b1; ++bi) {
+          int64_t i = a + bi * blk;
+          const int64_t e = std::min(b, i + blk);
+          while (i < e) {  // split at page boundaries
+            const int64_t p = i >> page_shift, o = i & (page - 1), c = std::min(e - i, page - o);
+            K.hash_codes(kpages[g][p].get() + o * rbytes, cfg.bf16, 0, c, d, mean.data() + g * d, signs.data(), D,
+                         n_rot, cfg.k, cfg.l, codes.data() + (i - a), nseg, nrm.data() + i);
+            i += c;
+          }
+        }
+      });
+      after_head(g);
+    }
+  }
+
+  void build_segment_tables(Segment& s, int64_t g, const std::vector<uint32_t>& codes) {
+    parallel_for(cfg.l, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<uint32_t> cursor;
+      std::vector<uint64_t> tmp;
+      for (int64_t t = t0; t < t1; ++t) build_table(s, g, (int)t, cfg.l, codes.data() + t * s.n, cursor, tmp);
+    });
+  }
+
+  void index_range(int64_t a, int64_t b) {
+    Segment s = make_segment(a, b - a, cfg.k, cfg.n_kv_heads, cfg.l);
+    std::vector<uint32_t> codes;
+    auto t0 = std::chrono::steady_clock::now();
+    hash_range(a, b, codes, [&](int64_t g) {
+      auto t1 = std::chrono::steady_clock::now();
+      build_segment_tables(s, g, codes);
+      auto t2 = std::chrono::steady_clock::now();
+      t_hash += std::chrono::duration<double>(t1 - t0).count();
+      t_tables += std::chrono::duration<double>(t2 - t1).count();
+      t0 = t2;
+    });
+    segs.push_back(std::move(s));
+    idx_end = b;
+    while (segs.size() >= 2 && segs[segs.size() - 2].n <= 2 * segs.back().n) merge_last();
+  }
+
+  void merge_last() {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Segment& A = segs[segs.size() - 2];
+    const Segment& B = segs.back();
+    Segment s = make_segment(A.start, A.n + B.n, cfg.k, cfg.n_kv_heads, cfg.l);
+    for (int64_t g = 0; g < cfg.n_kv_heads; ++g) {
+      parallel_for(cfg.l, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<uint32_t> codes(s.n), cursor;
+        std::vector<uint64_t> tmp;
+        for (int64_t t = t0; t < t1; ++t) {
+          decode_table(A, g, (int)t, cfg.l, codes.data());
+          decode_table(B, g, (int)t, cfg.l, codes.data() + A.n);
+          build_table(s, g, (int)t, cfg.l, codes.data(), cursor, tmp);
+        }
+      });
+    }
+    segs.pop_back();
+    segs.back() = std::move(s);
+    t_tables += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  int64_t dense_count() const {
+    const int64_t s = std::min(cfg.sinks, n);
+    return s + std::max<int64_t>(0, n - std::max(idx_end, s));
+  }
+};
+
+LSHAttentionIndex::LSHAttentionIndex(const AttentionConfig& cfg, const float* signs, int64_t n_rot)
+    : impl_(new Impl()) {
+  check(cfg.head_dim >= 1 && cfg.head_dim <= (1 << 16), "head_dim: expected 1 <= head_dim <= 65536");
+  check(cfg.n_kv_heads >= 1, "n_kv_heads: expected >= 1");
+  check(cfg.k >= 1 && cfg.k <= 32, "k: expected 1 <= k <= 32");
+  check(cfg.l >= 1 && cfg.l <= 65535, "l: expected 1 <= l <= 65535");
+  check(cfg.min_collisions >= 0 && cfg.min_collisions <= cfg.l && cfg.min_collisions <= 255,
+        "min_collisions: expected 0 <= min_collisions <= min(l, 255)");
+  check(cfg.sinks >= 0 && cfg.window >= 0, "sinks, window: expected >= 0");
+  check(cfg.chunk >= 1, "chunk: expected >= 1");
+  check(cfg.max_sampled >= 0, "max_sampled: expected >= 0");
+  Impl& m = *impl_;
+  m.cfg = cfg;
+  while (m.D < cfg.head_dim) m.D <<= 1;
+  check(n_rot >= cfg.k && n_rot * m.D >= (int64_t)cfg.k * cfg.l,
+        "signs: expected n_rot >= k rotations and n_rot * D >= k * l bits");
+  check(signs != nullptr, "signs: expected the rotation signs");
+  m.n_rot = n_rot;
+  m.signs.assign(signs, signs + (n_rot + 2) * m.D);
+  m.tab = log_u_table(cfg.l, cfg.min_collisions);
+  m.mean.assign(cfg.n_kv_heads * cfg.head_dim, 0.0f);
+  m.kpages.resize(cfg.n_kv_heads);
+  m.vpages.resize(cfg.n_kv_heads);
+  m.kc_norm.resize(cfg.n_kv_heads);
+  m.idx_end = cfg.sinks;
+  while ((int64_t(1) << m.page_shift) * m.row_bytes() < (int64_t)HUGE_PAGE) ++m.page_shift;
+}
+
+LSHAttentionIndex::~LSHAttentionIndex() = default;
+
+void LSHAttentionIndex::append(const void* keys, const void* values, int64_t t) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  check(t >= 0, "keys: expected t >= 0 tokens");
+  if (!m.has_prompt) check(t >= 1, "keys: expected at least one token in the first append (the prompt)");
+  if (t == 0) return;
+  check(keys != nullptr && values != nullptr, "keys, values: expected arrays");
+  const AttentionConfig& c = m.cfg;
+  const int64_t d = c.head_dim;
+  if (!all_finite(keys, c.n_kv_heads * t * d, c.bf16)) fail("keys: expected finite values, got NaN or inf");
+  if (!all_finite(values, c.n_kv_heads * t * d, c.bf16)) fail("values: expected finite values, got NaN or inf");
+  if (m.n + t >= (int64_t(1) << 31) - 1) fail("keys: expected at most 2^31 - 2 tokens in total");
+  m.store(m.kpages, keys, t);
+  m.store(m.vpages, values, t);
+  const bool first = !m.has_prompt;
+  if (first) {
+    // centring mean of the prompt keys, accumulated in double
+    parallel_for(c.n_kv_heads, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      std::vector<double> s(d, 0.0);
+      for (int64_t i = 0; i < t; ++i) {
+        const uint8_t* r = static_cast<const uint8_t*>(keys) + (g * t + i) * m.row_bytes();
+        for (int64_t e = 0; e < d; ++e) {
+          float x;
+          if (c.bf16) {
+            uint16_t b;
+            std::memcpy(&b, r + 2 * e, 2);
+            const uint32_t u = (uint32_t)b << 16;
+            std::memcpy(&x, &u, 4);
+          } else {
+            std::memcpy(&x, r + 4 * e, 4);
+          }
+          s[e] += x;
+        }
+      }
+      for (int64_t e = 0; e < d; ++e) m.mean[g * d + e] = (float)(s[e] / (double)t);
+    }
+    });
+    m.has_prompt = true;
+  }
+  m.n += t;
+  if (first) {
+    if (m.n - c.window > c.sinks) m.index_range(c.sinks, m.n - c.window);
+  } else {
+    while (m.n - c.window - m.idx_end >= c.chunk) m.index_range(m.idx_end, m.idx_end + c.chunk);
+  }
+}
+
+void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, float* out, float* lse,
+                               int64_t* touched) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  const AttentionConfig& c = m.cfg;
+  if (!m.has_prompt) throw std::runtime_error("index is empty; call append() first");
+  check_heads(n_heads, c.n_kv_heads, c.head_dim);
+  const AttnKernels& K = kern();
+  const int64_t d = c.head_dim, G = n_heads / c.n_kv_heads, n_idx = m.idx_end - c.sinks;
+  const bool sampled = n_idx > 0 && !m.segs.empty();
+  // 1. query codes (table-major) and norms; q . mean of the KV head
+  std::vector<uint32_t> qcodes((size_t)c.l * n_heads);
+  std::vector<float> qnorm(n_heads), qmu(n_heads), extra(n_heads, 0.0f);
+  K.hash_codes(Q, false, 0, n_heads, d, nullptr, m.signs.data(), m.D, m.n_rot, c.k, c.l, qcodes.data(), n_heads,
+               qnorm.data());
+  for (int64_t h = 0; h < n_heads; ++h) qmu[h] = K.dot(Q + h * d, m.mean.data() + (h / G) * d, d);
+  // 2. sampled ids per head
+  std::vector<std::vector<int32_t>> sel(n_heads);
+  if (sampled) {
+    const int64_t ntok = m.idx_end;
+    parallel_for(n_heads, 1, [&](int64_t h0, int64_t h1) {
+      std::vector<uint8_t> cnt;
+      std::vector<uint64_t> once, bm;
+      const int64_t nw = (ntok + 63) / 64;
+      for (int64_t h = h0; h < h1; ++h) {
+        auto& s = sel[h];
+        if (c.min_collisions == 0) {
+          s.resize(n_idx);
+          std::iota(s.begin(), s.end(), (int32_t)c.sinks);
+        } else {
+          Counters C;
+          C.m = c.min_collisions;
+          if (bm.empty()) bm.assign(nw, 0);
+          C.sel = bm.data();
+          if (C.m == 2) {
+            once.assign(nw, 0);
+            C.once = once.data();
+          } else if (C.m >= 3) {
+            cnt.assign(ntok, 0);
+            C.cnt = cnt.data();
+          }
+          count_head(m.segs, h / G, c.l, qcodes.data() + h, n_heads, C);
+          for (int64_t w = 0; w < nw; ++w) {
+            for (uint64_t x = bm[w]; x; x &= x - 1) s.push_back((int32_t)(w * 64 + __builtin_ctzll(x)));
+            bm[w] = 0;
+          }
+        }
+        if (c.max_sampled > 0 && (int64_t)s.size() > c.max_sampled) {
+          // uniform subsample without replacement; the weights gain the factor size / cap
+          uint64_t st = c.seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(h + 1)) ^ ((uint64_t)m.n << 32);
+          const int64_t sz = (int64_t)s.size(), cap = c.max_sampled;
+          for (int64_t i = 0; i < cap; ++i) {
+            const int64_t j = i + (int64_t)(splitmix64(st) % (uint64_t)(sz - i));
+            std::swap(s[i], s[j]);
+          }
+          s.resize(cap);
+          std::sort(s.begin(), s.end());
+          extra[h] = (float)std::log((double)cap / (double)sz);
+        }
+      }
+    });
+  }
+  // 3. attention over dense + sampled keys
+  std::vector<std::pair<int64_t, int64_t>> dense;
+  const int64_t s_end = std::min(c.sinks, m.n);
+  if (s_end > 0) dense.push_back({0, s_end});
+  const int64_t w0 = std::max(m.idx_end, s_end);
+  if (w0 < m.n) dense.push_back({w0, m.n});
+  const auto sgs = make_subgroups(n_heads, c.n_kv_heads);
+  std::vector<std::vector<int32_t>> uids;
+  std::vector<std::vector<uint32_t>> umask;
+  unions(sgs, sel, m.idx_end, uids, umask);
+  std::vector<const uint8_t*> kp, vp;
+  const Rows Kr = m.rows(m.kpages, kp), Vr = m.rows(m.vpages, vp);
+  Correction cor;
+  cor.on = true;
+  cor.tab = &m.tab->view;
+  cor.k = c.k;
+  cor.qmu = qmu.data();
+  cor.qnorm = qnorm.data();
+  cor.extra = extra.data();
+  std::vector<const float*> norms(c.n_kv_heads);
+  for (int64_t g = 0; g < c.n_kv_heads; ++g) norms[g] = m.kc_norm[g].data();
+  run_attention(K, Kr, Vr, c.bf16, Q, n_heads, c.n_kv_heads, d, scale, sgs, uids, umask, dense, 0, cor, norms, out,
+                lse);
+  if (touched) {
+    const int64_t nd = m.dense_count();
+    for (int64_t h = 0; h < n_heads; ++h) touched[h] = nd + (int64_t)sel[h].size();
+  }
+}
+
+int64_t LSHAttentionIndex::size() const { return impl_->n; }
+int64_t LSHAttentionIndex::n_indexed() const { return std::max<int64_t>(0, impl_->idx_end - impl_->cfg.sinks); }
+int64_t LSHAttentionIndex::n_segments() const { return (int64_t)impl_->segs.size(); }
+const AttentionConfig& LSHAttentionIndex::config() const { return impl_->cfg; }
+
+int64_t LSHAttentionIndex::nbytes() const {
+  const Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  int64_t b = 0;
+  for (const Segment& s : m.segs) b += s.nbytes();
+  for (const auto& v : m.kc_norm) b += (int64_t)v.capacity() * 4;
+  b += (int64_t)(m.mean.size() + m.signs.size()) * 4;
+  b += (int64_t)(m.tab->F.size() + m.tab->dF.size()) * 4;
+  return b;
+}
+
+int64_t LSHAttentionIndex::kv_nbytes() const {
+  const Impl& m = *impl_;
+  return 2 * m.n * m.cfg.n_kv_heads * m.row_bytes();
+}
+
+void LSHAttentionIndex::build_seconds(double* hashing, double* tables) const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  *hashing = impl_->t_hash;
+  *tables = impl_->t_tables;
+}
+
+void LSHAttentionIndex::key_mean(float* out) const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  std::memcpy(out, impl_->mean.data(), sizeof(float) * impl_->mean.size());
+}
+
+void LSHAttentionIndex::indexed_codes(int64_t head, uint32_t* out) const {
+  const Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  check(head >= 0 && head < m.cfg.n_kv_heads, "head: expected 0 <= head < n_kv_heads");
+  const int l = m.cfg.l;
+  std::vector<uint32_t> codes;
+  for (const Segment& s : m.segs) {
+    codes.resize(s.n);
+    for (int t = 0; t < l; ++t) {
+      decode_table(s, head, t, l, codes.data());
+      for (int64_t i = 0; i < s.n; ++i) out[(s.start - m.cfg.sinks + i) * l + t] = codes[i];
+    }
+  }
+}
+
+}  // namespace hashlab

