@@ -2,7 +2,7 @@
 
 Kernel sources named *_avx2.cpp / *_avx512.cpp are compiled with that instruction
 set enabled; everything else with the x86-64 baseline. The choice among them is
-made at run time (src_cpp/dispatch.cpp), never with -march=native.
+made at run time (src_cpp/dispatch.cpp), never by compiling for the build machine's CPU.
 """
 import glob
 import os
