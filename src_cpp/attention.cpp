@@ -22,7 +22,7 @@
 //
 // Decode step, per query head: hash the query (same rotations, not centred); for every
 // (segment, table) walk the query's bucket and count collisions per token (for m = 2, two
-// bitmaps: seen once, sampled); the sampled bitmap gives the ids in increasing order.
+// interleaved bitmaps: seen once, sampled); the sampled bitmap gives the ids in order.
 // Per KV head the sampled sets of its query heads are merged (a bitmask of heads per
 // token), so every key and value row is read once per group. The union is split into
 // parts over the threads; each part computes, per head, the max, the sum of exp and the
@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -82,15 +83,15 @@ struct FreeDeleter {
 };
 
 // huge: ask for huge pages (only for memory that will be filled: a huge page is
-// committed, and zeroed, as a whole on first touch).
+// committed, and zeroed, as a whole on first touch). Only the whole 2 MB pages of the
+// array are advised, so that the tail costs no more than its 4 KB pages.
 void* big_alloc(size_t bytes, bool huge = true) {
   if (bytes == 0) return nullptr;
   void* p = nullptr;
   if (bytes >= HUGE_PAGE) {
-    const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-    if (posix_memalign(&p, HUGE_PAGE, rounded) != 0) throw std::bad_alloc();
+    if (posix_memalign(&p, HUGE_PAGE, bytes) != 0) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
-    if (huge) madvise(p, rounded, MADV_HUGEPAGE);
+    if (huge) madvise(p, bytes / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE);
 #endif
   } else {
     p = std::malloc(bytes);
@@ -108,11 +109,11 @@ struct Buf {
     const size_t bytes = sizeof(T) * (size_t)count;
     p.reset(static_cast<T*>(big_alloc(bytes)));
     n = count;
-    allocated = (int64_t)(bytes >= HUGE_PAGE ? (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE : bytes);
+    allocated = (int64_t)((bytes + 4095) / 4096 * 4096);
   }
   T* data() { return p.get(); }
   const T* data() const { return p.get(); }
-  int64_t bytes() const { return allocated; }  // as allocated (huge-page rounding included)
+  int64_t bytes() const { return allocated; }  // in whole 4 KB pages
 };
 
 inline void prefetch_bytes(const void* p, int64_t bytes) {
@@ -205,11 +206,13 @@ struct Segment {
   int64_t start = 0, n = 0;
   int kb = 0, L = 0, T = 0, W = 0;
   int64_t nb = 0, H = 0, lw = 0, hw = 0;
-  Buf<uint32_t> off;   // [(g * l + t) * (nb + 1) + b]
-  Buf<uint64_t> low;   // [(g * l + t) * lw + w]
-  Buf<uint64_t> high;  // [(g * l + t) * hw + w]
+  // one allocation (one huge-page rounding): the offsets, then the low and high words
+  Buf<uint64_t> mem;
+  uint32_t* off = nullptr;   // [(g * l + t) * (nb + 1) + b]
+  uint64_t* low = nullptr;   // [(g * l + t) * lw + w]
+  uint64_t* high = nullptr;  // [(g * l + t) * hw + w]
 
-  int64_t nbytes() const { return off.bytes() + low.bytes() + high.bytes(); }
+  int64_t nbytes() const { return mem.bytes(); }
 };
 
 Segment make_segment(int64_t start, int64_t n, int k, int64_t heads, int l) {
@@ -224,9 +227,11 @@ Segment make_segment(int64_t start, int64_t n, int k, int64_t heads, int l) {
   s.H = ((n - 1) >> s.L) + 1;
   s.lw = (n * s.W + 63) / 64 + 1;  // + 1: the decoder reads 8 bytes at any entry
   s.hw = (n + s.nb * s.H + 63) / 64 + 1;
-  s.off.alloc(heads * l * (s.nb + 1));
-  s.low.alloc(heads * l * s.lw);
-  s.high.alloc(heads * l * s.hw);
+  const int64_t off_words = (heads * l * (s.nb + 1) + 1) / 2, low_words = heads * l * s.lw;
+  s.mem.alloc(off_words + low_words + heads * l * s.hw);
+  s.off = reinterpret_cast<uint32_t*>(s.mem.data());
+  s.low = s.mem.data() + off_words;
+  s.high = s.low + low_words;
   return s;
 }
 
@@ -238,7 +243,7 @@ struct TableRef {
 
 inline TableRef table_ref(const Segment& s, int64_t g, int t, int l) {
   const int64_t ti = g * l + t;
-  return {s.off.data() + ti * (s.nb + 1), s.low.data() + ti * s.lw, s.high.data() + ti * s.hw};
+  return {s.off + ti * (s.nb + 1), s.low + ti * s.lw, s.high + ti * s.hw};
 }
 
 // Builds one table of a segment from the codes of its n tokens (local ids 0..n-1):
@@ -294,9 +299,9 @@ void build_table_impl(const Segment& s, uint32_t* off, uint64_t* low, uint64_t* 
 void build_table(const Segment& s, int64_t g, int t, int l, const uint32_t* codes, std::vector<uint32_t>& cursor,
                  std::vector<uint64_t>& tmp) {
   const int64_t ti = g * l + t;
-  uint32_t* off = const_cast<uint32_t*>(s.off.data()) + ti * (s.nb + 1);
-  uint64_t* low = const_cast<uint64_t*>(s.low.data()) + ti * s.lw;
-  uint64_t* high = const_cast<uint64_t*>(s.high.data()) + ti * s.hw;
+  uint32_t* off = s.off + ti * (s.nb + 1);
+  uint64_t* low = s.low + ti * s.lw;
+  uint64_t* high = s.high + ti * s.hw;
   if (s.T) build_table_impl<true>(s, off, low, high, codes, cursor, tmp);
   else build_table_impl<false>(s, off, low, high, codes, cursor, tmp);
 }
@@ -336,14 +341,16 @@ void decode_table(const Segment& s, int64_t g, int t, int l, uint32_t* codes) {
 }
 
 // Collision counters of one query head over the token range. The sampled tokens end up
-// marked in `sel` (a bitmap). m = 1: a first collision marks. m = 2: `once` (a bitmap)
-// holds the tokens seen once, a second collision marks: two bitmaps of n/8 bytes each
-// stay in L1/L2 where a byte per token would not. m >= 3: saturating uint8 counts.
+// marked in a bitmap, word w at sel[w * stride]. m = 1: a first collision marks (stride
+// 1). m = 2: the words of a "seen once" bitmap and of the sampled one alternate
+// (stride 2, once at sel[2w - 1]): one cache line holds both, and the two bitmaps of
+// n/8 bytes each stay in L1/L2 where a byte per token would not. m >= 3: saturating
+// uint8 counts.
 struct Counters {
   int m = 2;
   uint8_t* cnt = nullptr;
-  uint64_t* once = nullptr;
   uint64_t* sel = nullptr;
+  int stride = 1;
 };
 
 // Collisions of one query code with one table: walks the query's bucket.
@@ -376,9 +383,9 @@ void count_table(const Segment& s, const TableRef& tr, uint32_t qcode, const Cou
     if (MODE == 1) {
       sel[wd] |= bit;
     } else if (MODE == 2) {
-      uint64_t* __restrict once = C.once;
-      sel[wd] |= once[wd] & bit;
-      once[wd] |= bit;
+      uint64_t* p = sel + 2 * wd;  // p[-1]: seen once, p[0]: sampled
+      p[0] |= p[-1] & bit;
+      p[-1] |= bit;
     } else {
       uint8_t c = C.cnt[id];
       c = (uint8_t)(c + (c != 255));
@@ -443,15 +450,6 @@ struct Rows {
   }
 };
 
-// A row as float32: the row itself, or converted into buf.
-inline const float* row_f32(const AttnKernels& K, const Rows& R, bool bf16, int64_t g, int64_t i, int64_t d,
-                            float* buf) {
-  const uint8_t* p = R.row(g, i);
-  if (!bf16) return reinterpret_cast<const float*>(p);
-  K.bf16_to_f32(reinterpret_cast<const uint16_t*>(p), buf, d);
-  return buf;
-}
-
 // Heads [h0, h0 + Gs) of KV head g (Gs <= 32).
 struct SubGroup {
   int64_t g, h0;
@@ -462,7 +460,7 @@ struct Correction {
   bool on = false;
   const LogUTable* tab = nullptr;
   int k = 0;
-  const float* kc_norm = nullptr;  // per token of KV head g (set per subgroup)
+  const float* mean = nullptr;     // centring mean of KV head g (set per subgroup)
   const float* qmu = nullptr;      // per head (absolute head index)
   const float* qnorm = nullptr;
   const float* extra = nullptr;
@@ -473,17 +471,17 @@ struct Correction {
 // (max, sum of exp, sum of exp * v) into part[j * (d + 2) ...].
 //
 // Flash-decoding style: the union is processed in blocks of keys with a running max per
-// head; within a block, the key pass prefetches the key and value rows ahead, so the
-// value pass that follows finds its rows in cache.
+// head: a key pass (logits, corrections) then a value pass over the block, each
+// prefetching its rows a few keys ahead.
 void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16, const float* Q, int64_t d,
                  float scale, const SubGroup& sg, const std::vector<std::pair<int64_t, int64_t>>& ranges,
                  const int32_t* ids, const uint32_t* masks, int64_t ns, const Correction& cor, float* part) {
   const int Gs = sg.Gs;
   const float* Qs = Q + sg.h0 * d;
   const int64_t PF = std::max<int64_t>(2, 2048 / std::max<int64_t>(Kr.row_bytes, 1));  // rows prefetched ahead
-  constexpr int64_t BLOCK = 128;
+  constexpr int64_t BLOCK = 256;
   const auto& vo = vector_ops();
-  std::vector<float> buf(d), tmp(Gs), M(Gs, -INFINITY), S(Gs, 0.0f), acc((size_t)Gs * d, 0.0f);
+  std::vector<float> tmp(Gs), M(Gs, -INFINITY), S(Gs, 0.0f), acc((size_t)Gs * d, 0.0f);
   // merges a block's logits (z[j * zs + i], i < n_j) into the running state; z becomes weights
   auto absorb = [&](int j, float* z, int64_t n_j) {
     if (n_j == 0) return false;
@@ -511,25 +509,21 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
     int64_t i = 0;
     for (auto& r : ranges)
       for (int64_t t = r.first; t < r.second; ++t, ++i) {
-        const float* row = row_f32(K, Kr, bf16, sg.g, t, d, buf.data());
-        K.dots(Qs, d, Gs, row, d, tmp.data());
+        K.dots_row(Qs, d, Gs, Kr.row(sg.g, t), bf16, d, tmp.data());
         for (int j = 0; j < Gs; ++j) zd[j * nd + i] = tmp[j] * scale;
       }
     for (int j = 0; j < Gs; ++j) absorb(j, zd.data() + j * nd, nd);
     i = 0;
     for (auto& r : ranges)
       for (int64_t t = r.first; t < r.second; ++t, ++i) {
-        const float* row = row_f32(K, Vr, bf16, sg.g, t, d, buf.data());
-        for (int j = 0; j < Gs; ++j) K.axpy(zd[j * nd + i], row, acc.data() + j * d, d);
+        const uint8_t* row = Vr.row(sg.g, t);
+        for (int j = 0; j < Gs; ++j) K.axpy_row(zd[j * nd + i], row, bf16, acc.data() + j * d, d);
       }
   }
   // sampled keys, in blocks
   std::vector<int64_t> cnt(Gs + 1), cur(Gs);
   std::vector<float> zdot, nrm, zs;
-  for (int64_t u = 0; u < std::min(ns, PF); ++u) {
-    prefetch_bytes(Kr.row(sg.g, ids[u]), Kr.row_bytes);
-    prefetch_bytes(Vr.row(sg.g, ids[u]), Vr.row_bytes);
-  }
+  for (int64_t u = 0; u < std::min(ns, PF); ++u) prefetch_bytes(Kr.row(sg.g, ids[u]), Kr.row_bytes);
   for (int64_t b0 = 0; b0 < ns; b0 += BLOCK) {
     const int64_t b1 = std::min(ns, b0 + BLOCK);
     std::fill(cnt.begin(), cnt.end(), 0);
@@ -542,15 +536,14 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
     if (cor.on) nrm.resize(tot);
     std::copy(cnt.begin(), cnt.end() - 1, cur.begin());
     for (int64_t u = b0; u < b1; ++u) {
-      if (u + PF < ns) {
-        prefetch_bytes(Kr.row(sg.g, ids[u + PF]), Kr.row_bytes);
-        prefetch_bytes(Vr.row(sg.g, ids[u + PF]), Vr.row_bytes);
-      }
-      const float* row = row_f32(K, Kr, bf16, sg.g, ids[u], d, buf.data());
+      if (u + PF < ns) prefetch_bytes(Kr.row(sg.g, ids[u + PF]), Kr.row_bytes);
+      const uint8_t* row = Kr.row(sg.g, ids[u]);
+      // |k - mean| from the row itself (no stored norms, no extra cache miss)
+      const float kn = cor.on ? K.centered_norm(row, bf16, cor.mean, d) : 0.0f;
       for (uint32_t mk = masks[u]; mk; mk &= mk - 1) {
         const int j = __builtin_ctz(mk);
-        zdot[cur[j]] = K.dot(Qs + j * d, row, d);
-        if (cor.on) nrm[cur[j]] = cor.kc_norm[ids[u]];
+        zdot[cur[j]] = K.dot_row(Qs + j * d, row, bf16, d);
+        if (cor.on) nrm[cur[j]] = kn;
         ++cur[j];
       }
     }
@@ -566,11 +559,13 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
       absorb(j, zs.data() + a, n_j);
     }
     std::copy(cnt.begin(), cnt.end() - 1, cur.begin());
+    for (int64_t u = b0; u < std::min(b1, b0 + PF); ++u) prefetch_bytes(Vr.row(sg.g, ids[u]), Vr.row_bytes);
     for (int64_t u = b0; u < b1; ++u) {
-      const float* row = row_f32(K, Vr, bf16, sg.g, ids[u], d, buf.data());
+      if (u + PF < b1) prefetch_bytes(Vr.row(sg.g, ids[u + PF]), Vr.row_bytes);
+      const uint8_t* row = Vr.row(sg.g, ids[u]);
       for (uint32_t mk = masks[u]; mk; mk &= mk - 1) {
         const int j = __builtin_ctz(mk);
-        K.axpy(zs[cur[j]++], row, acc.data() + j * d, d);
+        K.axpy_row(zs[cur[j]++], row, bf16, acc.data() + j * d, d);
       }
     }
   }
@@ -627,31 +622,43 @@ std::vector<SubGroup> make_subgroups(int64_t n_heads, int64_t n_kv) {
   return sgs;
 }
 
-// Per subgroup: the union of its heads' sorted id lists, ascending, with head masks.
+// Per subgroup: the union of its heads' sorted id lists, ascending, with head masks (a
+// merge of the sorted lists: no per-token scratch).
 void unions(const std::vector<SubGroup>& sgs, const std::vector<std::vector<int32_t>>& sel, int64_t n_tokens,
             std::vector<std::vector<int32_t>>& uids, std::vector<std::vector<uint32_t>>& umask) {
+  (void)n_tokens;
   uids.assign(sgs.size(), {});
   umask.assign(sgs.size(), {});
   parallel_for((int64_t)sgs.size(), 1, [&](int64_t s0, int64_t s1) {
-    std::vector<uint32_t> mask(n_tokens, 0);
-    std::vector<uint64_t> bm((n_tokens + 63) / 64, 0);
+    std::vector<const int32_t*> cur, end;
     for (int64_t si = s0; si < s1; ++si) {
       const SubGroup& sg = sgs[si];
-      for (int j = 0; j < sg.Gs; ++j)
-        for (int32_t id : sel[sg.h0 + j]) {
-          mask[id] |= 1u << j;
-          bm[id >> 6] |= uint64_t(1) << (id & 63);
-        }
+      cur.resize(sg.Gs);
+      end.resize(sg.Gs);
+      size_t total = 0;
+      for (int j = 0; j < sg.Gs; ++j) {
+        const auto& v = sel[sg.h0 + j];
+        cur[j] = v.data();
+        end[j] = v.data() + v.size();
+        total += v.size();
+      }
       auto& ids = uids[si];
       auto& mk = umask[si];
-      for (size_t w = 0; w < bm.size(); ++w) {
-        for (uint64_t x = bm[w]; x; x &= x - 1) {
-          const int64_t id = (int64_t)w * 64 + __builtin_ctzll(x);
-          ids.push_back((int32_t)id);
-          mk.push_back(mask[id]);
-          mask[id] = 0;
-        }
-        bm[w] = 0;
+      ids.reserve(total);
+      mk.reserve(total);
+      for (;;) {
+        int32_t lo = INT32_MAX;
+        for (int j = 0; j < sg.Gs; ++j)
+          if (cur[j] != end[j] && *cur[j] < lo) lo = *cur[j];
+        if (lo == INT32_MAX) break;
+        uint32_t m = 0;
+        for (int j = 0; j < sg.Gs; ++j)
+          if (cur[j] != end[j] && *cur[j] == lo) {
+            m |= 1u << j;
+            ++cur[j];
+          }
+        ids.push_back(lo);
+        mk.push_back(m);
       }
     }
   });
@@ -662,12 +669,12 @@ void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf
                    int64_t n_kv, int64_t d, float scale, const std::vector<SubGroup>& sgs,
                    const std::vector<std::vector<int32_t>>& uids, const std::vector<std::vector<uint32_t>>& umask,
                    const std::vector<std::pair<int64_t, int64_t>>& dense, int64_t dense_block,
-                   const Correction& cor_base, const std::vector<const float*>& kc_norm, float* out, float* lse) {
+                   const Correction& cor_base, const float* means, float* out, float* lse) {
   (void)n_heads;
   (void)n_kv;
   const int64_t threads = get_num_threads();
   std::vector<Task> tasks;
-  const int64_t want = std::max<int64_t>(1, (4 * threads + (int64_t)sgs.size() - 1) / (int64_t)sgs.size());
+  const int64_t want = std::max<int64_t>(1, (8 * threads + (int64_t)sgs.size() - 1) / (int64_t)sgs.size());
   for (size_t si = 0; si < sgs.size(); ++si) {
     const int64_t U = uids.empty() ? 0 : (int64_t)uids[si].size();
     std::vector<std::pair<int64_t, int64_t>> blocks;  // dense ranges cut into blocks
@@ -695,7 +702,7 @@ void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf
       const Task& t = tasks[ti];
       const SubGroup& sg = sgs[t.sg];
       Correction cor = cor_base;
-      if (cor.on) cor.kc_norm = kc_norm[sg.g];
+      if (cor.on) cor.mean = means + sg.g * d;
       const int32_t* ids = uids.empty() ? nullptr : uids[t.sg].data() + t.u0;
       const uint32_t* mk = umask.empty() ? nullptr : umask[t.sg].data() + t.u0;
       attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, ids, mk, t.u1 - t.u0, cor, parts.data() + part_off[ti]);
@@ -784,8 +791,8 @@ void dense_attention(const float* Q, int64_t n_heads, const void* Kp, const void
   const auto sgs = make_subgroups(n_heads, n_kv);
   std::vector<std::pair<int64_t, int64_t>> dense;
   if (n) dense.push_back({0, n});
-  run_attention(kern(), Kr, Vr, bf16, Q, n_heads, n_kv, d, scale, sgs, {}, {}, dense, 2048, Correction{}, {}, out,
-                lse);
+  run_attention(kern(), Kr, Vr, bf16, Q, n_heads, n_kv, d, scale, sgs, {}, {}, dense, 2048, Correction{}, nullptr,
+                out, lse);
   check_output(out, lse, n_heads, d);
 }
 
@@ -803,13 +810,12 @@ void topk_attention(const float* Q, int64_t n_heads, const void* Kp, const void*
   std::vector<float> z(n_heads * n);
   const int64_t B = 4096, nblk = (n + B - 1) / B;
   parallel_for((int64_t)sgs.size() * nblk, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> buf(d), tmp(32);
+    std::vector<float> tmp(32);
     for (int64_t ti = t0; ti < t1; ++ti) {
       const SubGroup& sg = sgs[ti / nblk];
       const int64_t a = (ti % nblk) * B, b = std::min(n, a + B);
       for (int64_t i = a; i < b; ++i) {
-        const float* row = row_f32(K, Kr, bf16, sg.g, i, d, buf.data());
-        K.dots(Q + sg.h0 * d, d, sg.Gs, row, d, tmp.data());
+        K.dots_row(Q + sg.h0 * d, d, sg.Gs, Kr.row(sg.g, i), bf16, d, tmp.data());
         for (int j = 0; j < sg.Gs; ++j) z[(sg.h0 + j) * n + i] = tmp[j];
       }
     }
@@ -845,7 +851,8 @@ void topk_attention(const float* Q, int64_t n_heads, const void* Kp, const void*
   std::vector<std::vector<int32_t>> uids;
   std::vector<std::vector<uint32_t>> umask;
   unions(sgs, sel, n, uids, umask);
-  run_attention(K, Kr, Vr, bf16, Q, n_heads, n_kv, d, scale, sgs, uids, umask, {}, 0, Correction{}, {}, out, lse);
+  run_attention(K, Kr, Vr, bf16, Q, n_heads, n_kv, d, scale, sgs, uids, umask, {}, 0, Correction{}, nullptr, out,
+                lse);
   check_output(out, lse, n_heads, d);
 }
 
@@ -863,7 +870,6 @@ struct LSHAttentionIndex::Impl {
   bool has_prompt = false;
   std::vector<float> mean;                                   // (n_kv, d)
   std::vector<std::vector<std::unique_ptr<uint8_t, FreeDeleter>>> kpages, vpages;  // per KV head
-  std::vector<std::vector<float>> kc_norm;                   // per KV head, per token (< idx_end)
   std::vector<Segment> segs;
   double t_hash = 0, t_tables = 0;  // seconds spent hashing keys, building and merging tables
   mutable std::mutex mu;            // append, attend and the readers of the segments
@@ -903,16 +909,14 @@ struct LSHAttentionIndex::Impl {
     });
   }
 
-  // Hashes tokens [a, b) of every KV head: codes (l, b - a) of head g into codes,
-  // key norms into kc_norm. Runs fn(g, codes) after each head.
+  // Hashes tokens [a, b) of every KV head, one head at a time: codes (l, b - a) of head g
+  // into codes, then after_head(g).
   template <typename Fn>
   void hash_range(int64_t a, int64_t b, std::vector<uint32_t>& codes, Fn&& after_head) {
     const AttnKernels& K = kern();
     const int64_t nseg = b - a, d = cfg.head_dim, rbytes = row_bytes(), page = int64_t(1) << page_shift;
     codes.resize((size_t)cfg.l * nseg);
     for (int64_t g = 0; g < cfg.n_kv_heads; ++g) {
-      auto& nrm = kc_norm[g];
-      if ((int64_t)nrm.size() < b) nrm.resize(b);
       const int64_t blk = 64, nblk = (nseg + blk - 1) / blk;
       parallel_for(nblk, 1, [&](int64_t b0, int64_t b1) {
         for (int64_t bi = b0; bi < b1; ++bi) {
@@ -921,7 +925,7 @@ struct LSHAttentionIndex::Impl {
           while (i < e) {  // split at page boundaries
             const int64_t p = i >> page_shift, o = i & (page - 1), c = std::min(e - i, page - o);
             K.hash_codes(kpages[g][p].get() + o * rbytes, cfg.bf16, 0, c, d, mean.data() + g * d, signs.data(), D,
-                         n_rot, cfg.k, cfg.l, codes.data() + (i - a), nseg, nrm.data() + i);
+                         n_rot, cfg.k, cfg.l, codes.data() + (i - a), nseg, nullptr);
             i += c;
           }
         }
@@ -1005,7 +1009,6 @@ LSHAttentionIndex::LSHAttentionIndex(const AttentionConfig& cfg, const float* si
   m.mean.assign(cfg.n_kv_heads * cfg.head_dim, 0.0f);
   m.kpages.resize(cfg.n_kv_heads);
   m.vpages.resize(cfg.n_kv_heads);
-  m.kc_norm.resize(cfg.n_kv_heads);
   m.idx_end = cfg.sinks;
   while ((int64_t(1) << m.page_shift) * m.row_bytes() < (int64_t)HUGE_PAGE) ++m.page_shift;
 }
@@ -1082,7 +1085,7 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
     const int64_t ntok = m.idx_end;
     parallel_for(n_heads, 1, [&](int64_t h0, int64_t h1) {
       std::vector<uint8_t> cnt;
-      std::vector<uint64_t> once, bm;
+      std::vector<uint64_t> bm;
       const int64_t nw = (ntok + 63) / 64;
       for (int64_t h = h0; h < h1; ++h) {
         auto& s = sel[h];
@@ -1092,20 +1095,16 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
         } else {
           Counters C;
           C.m = c.min_collisions;
-          if (bm.empty()) bm.assign(nw, 0);
-          C.sel = bm.data();
-          if (C.m == 2) {
-            once.assign(nw, 0);
-            C.once = once.data();
-          } else if (C.m >= 3) {
+          C.stride = C.m == 2 ? 2 : 1;
+          bm.assign(nw * C.stride, 0);
+          C.sel = bm.data() + (C.stride - 1);
+          if (C.m >= 3) {
             cnt.assign(ntok, 0);
             C.cnt = cnt.data();
           }
           count_head(m.segs, h / G, c.l, qcodes.data() + h, n_heads, C);
-          for (int64_t w = 0; w < nw; ++w) {
-            for (uint64_t x = bm[w]; x; x &= x - 1) s.push_back((int32_t)(w * 64 + __builtin_ctzll(x)));
-            bm[w] = 0;
-          }
+          for (int64_t w = 0; w < nw; ++w)
+            for (uint64_t x = C.sel[w * C.stride]; x; x &= x - 1) s.push_back((int32_t)(w * 64 + __builtin_ctzll(x)));
         }
         if (c.max_sampled > 0 && (int64_t)s.size() > c.max_sampled) {
           // uniform subsample without replacement; the weights gain the factor size / cap
@@ -1141,10 +1140,8 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   cor.qmu = qmu.data();
   cor.qnorm = qnorm.data();
   cor.extra = extra.data();
-  std::vector<const float*> norms(c.n_kv_heads);
-  for (int64_t g = 0; g < c.n_kv_heads; ++g) norms[g] = m.kc_norm[g].data();
-  run_attention(K, Kr, Vr, c.bf16, Q, n_heads, c.n_kv_heads, d, scale, sgs, uids, umask, dense, 0, cor, norms, out,
-                lse);
+  run_attention(K, Kr, Vr, c.bf16, Q, n_heads, c.n_kv_heads, d, scale, sgs, uids, umask, dense, 0, cor,
+                m.mean.data(), out, lse);
   if (touched) {
     const int64_t nd = m.dense_count();
     for (int64_t h = 0; h < n_heads; ++h) touched[h] = nd + (int64_t)sel[h].size();
@@ -1161,7 +1158,6 @@ int64_t LSHAttentionIndex::nbytes() const {
   std::lock_guard<std::mutex> lock(m.mu);
   int64_t b = 0;
   for (const Segment& s : m.segs) b += s.nbytes();
-  for (const auto& v : m.kc_norm) b += (int64_t)v.capacity() * 4;
   b += (int64_t)(m.mean.size() + m.signs.size()) * 4;
   b += (int64_t)(m.tab->F.size() + m.tab->dF.size()) * 4;
   return b;

@@ -12,8 +12,8 @@ namespace {
 
 // A C-contiguous float32 or uint16 (bfloat16 bits) array; returns true for bfloat16.
 bool kv_dtype(const py::array& a, const char* name) {
-  const bool f32 = a.dtype().is(py::dtype::of<float>());
-  const bool b16 = a.dtype().is(py::dtype::of<uint16_t>());
+  const bool f32 = a.dtype().equal(py::dtype::of<float>());
+  const bool b16 = a.dtype().equal(py::dtype::of<uint16_t>());
   if (!f32 && !b16) throw py::type_error(std::string(name) + ": expected float32 or uint16 (bfloat16 bits)");
   if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array");
   return b16;

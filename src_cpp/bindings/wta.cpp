@@ -32,7 +32,7 @@ uint32_t* keys_out(const py::object& out, int64_t n, int64_t l, py::object& resu
   if (!out.is_none()) {
     if (!py::isinstance<py::array>(out)) throw py::type_error("out: expected a numpy uint32 array");
     py::array o = py::reinterpret_borrow<py::array>(out);
-    if (!o.dtype().is(py::dtype::of<uint32_t>())) throw py::type_error("out: expected dtype uint32");
+    if (!o.dtype().equal(py::dtype::of<uint32_t>())) throw py::type_error("out: expected dtype uint32");
     require_shape(o, "out", {n, l});
     if (!(o.flags() & py::array::c_style) || !o.writeable())
       throw std::invalid_argument("out: expected a C-contiguous, writeable array");

@@ -39,6 +39,11 @@ struct AttnKernels {
   void (*dots)(const float* Q, int64_t qs, int G, const float* x, int64_t d, float* out);
   void (*axpy)(float a, const float* x, float* y, int64_t d);  // y += a x
   void (*bf16_to_f32)(const uint16_t* src, float* dst, int64_t d);
+  // The same on rows given as float32 or bfloat16 (converted in registers).
+  float (*dot_row)(const float* q, const void* row, bool bf16, int64_t d);
+  void (*dots_row)(const float* Q, int64_t qs, int G, const void* row, bool bf16, int64_t d, float* out);
+  void (*axpy_row)(float a, const void* row, bool bf16, float* y, int64_t d);
+  float (*centered_norm)(const void* row, bool bf16, const float* mu, int64_t d);  // |row - mu|
   // z[i] = scale * dots[i] - F(k log(1 - theta_i / pi)) - extra, cos theta_i =
   // (dots[i] - qmu) / (qnorm * norms[i]) (0 when the denominator is 0).
   void (*correct_logits)(const float* dots, const float* norms, int64_t n, float qmu, float qnorm, float scale,

@@ -58,7 +58,7 @@ class LSHAttentionIndex {
   int64_t size() const;         // tokens stored
   int64_t n_indexed() const;    // tokens in the index: [sinks, sinks + n_indexed)
   int64_t n_segments() const;
-  int64_t nbytes() const;       // index memory (tables, key norms, mean, signs)
+  int64_t nbytes() const;       // index memory (tables, mean, signs, u table)
   int64_t kv_nbytes() const;    // the KV cache (keys + values of the stored tokens)
   const AttentionConfig& config() const;
   // Cumulative wall seconds spent hashing keys and building (or merging) tables.
