@@ -14,7 +14,7 @@ offline. Three measurements, each dense attention vs hashlab's LSH attention
    next --steps tokens to both and count equal argmax predictions; (b) free-running greedy
    from the same context: positions where the two continuations agree.
 3. kernel error on captured activations: the keys, values and last queries of one layer at
-   ~8K tokens, given to benchmarks/bench_attention.py::capture_error when it exists, else
+   ~8K tokens, given to hashlab.bench.attention.capture_error when it exists, else
    the relative L2 error of LSHKVIndex against dense attention.
 
     python examples/lsh_attention_smollm2.py --threads 1          # everything (slow: ~40 min on 2 busy cores)
@@ -35,7 +35,6 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
          "I will quiz you about the important info there.\n\n")
@@ -284,24 +283,17 @@ def run_capture(model, tok, n_tokens=8000, layer=15, n_queries=16, params=None, 
         model.set_attn_implementation(previous)
     keys, values, queries = captured["k"], captured["v"], captured["q"]
     log(f"  layer {layer}: keys/values {keys.shape}, queries {queries.shape}")
-    bench = ROOT / "benchmarks" / "bench_attention.py"
     result = {"layer": layer, "tokens": int(keys.shape[1]), "queries": int(queries.shape[0])}
-    fn = None
-    if bench.exists():
-        spec = importlib.util.spec_from_file_location("bench_attention", bench)
-        mod = importlib.util.module_from_spec(spec)
-        sys.path.insert(0, str(bench.parent))
-        try:
-            spec.loader.exec_module(mod)
-        finally:
-            sys.path.remove(str(bench.parent))
-        fn = getattr(mod, "capture_error", None)
+    try:
+        from hashlab.bench.attention import capture_error as fn
+    except ImportError:
+        fn = None
     if fn is not None:
         import inspect
 
         accepted = inspect.signature(fn).parameters
         out = fn(keys, values, queries, **{k: v for k, v in (params or {}).items() if k in accepted})
-        log(f"  benchmarks/bench_attention.py::capture_error: {out}")
+        log(f"  hashlab.bench.attention.capture_error: {out}")
         result["capture_error"] = out if isinstance(out, (dict, float, int)) else str(out)
     else:  # the LSH estimate vs dense, per query, relative L2 over heads
         from hashlab.attention import LSHKVIndex, dense_attention

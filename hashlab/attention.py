@@ -33,6 +33,22 @@ Arrays: numpy arrays or torch CPU tensors. bfloat16 data is given as uint16 bit 
 (numpy) or torch.bfloat16 tensors (read zero-copy through ``.view(torch.int16)``); float
 arrays given to a bfloat16 index are rounded to nearest even.
 
+Learned transform (``learned=True``, MONGOOSE-style learnable hashing that keeps the
+estimator unbiased): per KV head an invertible map A (head_dim x head_dim) is fitted on the
+prompt's queries and keys (``fit``). The index stores k' = A k and hashes, centres and
+corrects in that space with its usual random rotations; decode queries become
+q' = A^-T q, so q'.k' = q.k (logits unchanged) and the correction uses the true sampling
+probability of the transformed pair: the estimate stays unbiased. What A changes is the
+angle, cos' = q.(k - mean) / (|A^-T q| |A (k - mean)|), i.e. which keys a query collides
+with. A = expm(S), S symmetric (A is s.p.d.; an orthogonal part would not change the
+angles), is fitted with torch autograd to maximise the mean sampling probability u of
+each prompt query's top inner-product keys, with a penalty keeping the mean u over all
+keys (the expected sampled count) at or below that of A = I, and a small penalty on
+|S|_F keeping A well conditioned (cond(A) <= exp(2 |S|_2)). A learned hash without a
+known sampling probability (``hashlab.learned.LearnedSimHash``) would break the
+importance correction; this keeps the hash random given A. torch is imported by ``fit``
+only.
+
 Also here, with the same interface, for comparisons: ``dense_attention`` (exact) and
 ``topk_attention`` (exact softmax over the top-``budget`` keys of each head), both C++
 kernels fast enough for 100K-token contexts; and ``sampling_probability`` (p and u of
@@ -51,7 +67,8 @@ from .simhash import SimHash
 DTYPES = ("float32", "bfloat16")
 MAX_HEAD_DIM = 4096
 
-__all__ = ["LSHKVIndex", "dense_attention", "topk_attention", "sampling_probability", "table_bits"]
+__all__ = ["LSHKVIndex", "dense_attention", "topk_attention", "sampling_probability", "table_bits",
+           "fit_key_transform"]
 
 
 def _next_pow2(n: int) -> int:
@@ -201,14 +218,19 @@ class LSHKVIndex:
         (sampled / max_sampled), which keeps the estimate consistent.
     dtype : "float32" or "bfloat16", how keys and values are stored.
     chunk : int >= 1, tokens leaving the window join the index this many at a time.
+    learned : bool. True: hash through a learned per-KV-head map (see the module doc);
+        ``fit(queries, keys)`` on the prompt (or setting ``transform``) must come before
+        the first ``append``. Keys are stored transformed; values, logits and outputs are
+        unchanged. False (default): no transform, exactly the plain index.
 
-    Attributes: ``hasher`` (the SimHash whose ``bits`` the codes are made of; see
+    Attributes: ``transform`` ((n_kv_heads, head_dim, head_dim) float32 maps A, or None),
+    ``hasher`` (the SimHash whose ``bits`` the codes are made of; see
     ``table_bits``), ``nbytes`` (index memory: tables, means, signs),
     ``kv_nbytes`` (the stored keys and values), ``n_indexed``, ``n_segments``, ``len()``.
     """
 
     def __init__(self, head_dim, n_kv_heads, k=10, l=150, min_collisions=2, sinks=4, window=64, seed=0,
-                 max_sampled=None, dtype="float32", chunk=256):
+                 max_sampled=None, dtype="float32", chunk=256, learned=False):
         self.head_dim = check_int(head_dim, "head_dim", 1, MAX_HEAD_DIM)
         self.n_kv_heads = check_int(n_kv_heads, "n_kv_heads", 1, 1 << 16)
         self.k = check_int(k, "k", 1, 32)
@@ -220,6 +242,10 @@ class LSHKVIndex:
         self.max_sampled = None if max_sampled is None else check_int(max_sampled, "max_sampled", 1, 2**31 - 2)
         self.dtype = check_choice(dtype, "dtype", DTYPES)
         self.chunk = check_int(chunk, "chunk", 1, 2**31 - 2)
+        if not isinstance(learned, (bool, np.bool_)):
+            raise TypeError(f"learned: expected a bool, got {type(learned).__name__}")
+        self.learned = bool(learned)
+        self._A = self._A_inv = None
         D = _next_pow2(self.head_dim)
         n_rot = _n_rot(self.head_dim, self.k, self.l)
         kk = min(32, D)
@@ -231,14 +257,96 @@ class LSHKVIndex:
                                           self.sinks, self.window, self.chunk, self.max_sampled or 0,
                                           self.dtype == "bfloat16", self.seed, self.hasher.signs)
 
+    def fit(self, queries, keys, **options):
+        """Fits the per-KV-head maps of a ``learned=True`` index on the prompt, before the first append.
+
+        queries: (n_heads, t_q, head_dim) float, the prompt's queries (n_heads a multiple of
+        n_kv_heads; query head h belongs to KV head h // (n_heads // n_kv_heads)); keys:
+        (n_kv_heads, t >= 1, head_dim) float, the prompt's keys (the first ``sinks``, never
+        sampled, are left out of the fit; with fewer than 2 keys left the maps are I). ``options`` go to ``fit_key_transform`` (seed
+        defaults to the index's). Sets ``transform``; returns self. Needs torch.
+        """
+        if not self.learned:
+            raise RuntimeError("fit() needs an index built with learned=True")
+        if len(self):
+            raise RuntimeError("fit() must come before the first append(): the index already holds keys "
+                               "hashed without the transform")
+        Q = _array(queries, "queries")
+        K = _array(keys, "keys")
+        for x, name in ((Q, "queries"), (K, "keys")):
+            if x.dtype.kind != "f":
+                raise TypeError(f"{name}: expected a float array, got {x.dtype}")
+        if Q.ndim != 3 or Q.shape[2] != self.head_dim or Q.shape[1] < 1:
+            raise ValueError(f"queries: expected shape (n_heads, t_q >= 1, {self.head_dim}), got {Q.shape}")
+        _heads(Q.shape[0], self.n_kv_heads)
+        if K.ndim != 3 or K.shape[0] != self.n_kv_heads or K.shape[2] != self.head_dim:
+            raise ValueError(f"keys: expected shape ({self.n_kv_heads}, t, {self.head_dim}), got {K.shape}")
+        _check_finite(Q, "queries")
+        _check_finite(K, "keys")
+        if K.shape[1] < 1:
+            raise ValueError(f"keys: expected at least one prompt key, got shape {K.shape}")
+        K = K[:, self.sinks:]
+        G = Q.shape[0] // self.n_kv_heads
+        if K.shape[1] < 2:  # a prompt of (almost) only sinks: nothing to learn from
+            self.transform = np.broadcast_to(np.eye(self.head_dim, dtype=np.float32), (self.n_kv_heads,) +
+                                             (self.head_dim,) * 2)
+            return self
+        options.setdefault("seed", self.seed)
+        A = np.stack([fit_key_transform(Q[g * G:(g + 1) * G].reshape(-1, self.head_dim), K[g], k=self.k, l=self.l,
+                                        min_collisions=self.min_collisions, **options)
+                      for g in range(self.n_kv_heads)])
+        self.transform = A
+        return self
+
+    @property
+    def transform(self):
+        """(n_kv_heads, head_dim, head_dim) float32 maps A (keys are stored as A k, decode
+        queries hashed as A^-T q), or None. Settable before the first append of a
+        ``learned=True`` index, e.g. to reuse maps fitted on another prompt."""
+        return None if self._A is None else self._A.copy()
+
+    @transform.setter
+    def transform(self, A):
+        if not self.learned:
+            raise RuntimeError("transform can only be set on an index built with learned=True")
+        if len(self):
+            raise RuntimeError("transform must be set before the first append()")
+        A = _array(A, "transform")
+        if A.dtype.kind != "f":
+            raise TypeError(f"transform: expected a float array, got {A.dtype}")
+        d = self.head_dim
+        if A.shape != (self.n_kv_heads, d, d):
+            raise ValueError(f"transform: expected shape ({self.n_kv_heads}, {d}, {d}), got {A.shape}")
+        A = np.ascontiguousarray(A, dtype=np.float64)
+        _check_finite(A, "transform")
+        cond = np.linalg.cond(A)
+        if not np.all(cond < 1e6):
+            raise ValueError(f"transform: expected invertible, well-conditioned maps (condition number < 1e6), "
+                             f"got {float(np.max(cond)):.3g}")
+        self._A = A.astype(np.float32)
+        # q' = q A^-1 per query row, so the kernels' q'.k' equals q.k
+        self._A_inv = np.linalg.inv(A).astype(np.float32)
+
     def append(self, keys, values):
         """Appends t tokens: keys and values (n_kv_heads, t, head_dim). The first call is the
-        prompt (t >= 1): its keys' mean centres every later hash of that KV head."""
-        K = _kv(keys, "keys", self.dtype)
+        prompt (t >= 1): its keys' mean centres every later hash of that KV head.
+        With learned=True the keys are stored transformed (``transform``), which must be
+        fitted or set first."""
+        if self.learned:
+            if self._A is None:
+                raise RuntimeError("learned=True: call fit(queries, keys) on the prompt (or set transform) "
+                                   "before the first append()")
+            K = _kv(keys, "keys", "float32")
+        else:
+            K = _kv(keys, "keys", self.dtype)
         V = _kv(values, "values", self.dtype)
         _check_kv_shapes(K, V, self.n_kv_heads, self.head_dim)
         if len(self) == 0 and K.shape[1] == 0:
             raise ValueError("keys: expected at least one token in the first append (the prompt), got 0")
+        if self.learned:
+            K = np.matmul(K, self._A.transpose(0, 2, 1))  # k' = A k, row-wise
+            if self.dtype == "bfloat16":
+                K = _f32_to_bf16(K)
         if K.shape[1]:
             self._core.append(K, V)
         return self
@@ -256,6 +364,9 @@ class LSHKVIndex:
             raise RuntimeError("index is empty; call append() first")
         Q = _queries(queries, self.head_dim)
         _heads(Q.shape[0], self.n_kv_heads)
+        if self.learned:
+            G = Q.shape[0] // self.n_kv_heads
+            Q = np.ascontiguousarray(np.matmul(Q.reshape(self.n_kv_heads, G, -1), self._A_inv).reshape(Q.shape))
         out, lse, touched = self._core.attend(Q, _scale(scale, self.head_dim))
         return (out, lse, touched) if return_stats else out
 
@@ -290,7 +401,8 @@ class LSHKVIndex:
 
     @property
     def key_mean(self) -> np.ndarray:
-        """(n_kv_heads, head_dim) float32 centring means (zeros before the first append)."""
+        """(n_kv_heads, head_dim) float32 centring means (zeros before the first append;
+        of the transformed keys with learned=True)."""
         return self._core.key_mean()
 
     def indexed_codes(self, head) -> np.ndarray:
@@ -300,7 +412,7 @@ class LSHKVIndex:
     def __repr__(self):
         return (f"LSHKVIndex(head_dim={self.head_dim}, n_kv_heads={self.n_kv_heads}, k={self.k}, l={self.l}, "
                 f"min_collisions={self.min_collisions}, sinks={self.sinks}, window={self.window}, "
-                f"dtype={self.dtype!r}, tokens={len(self)}, indexed={self.n_indexed})")
+                f"dtype={self.dtype!r}, learned={self.learned}, tokens={len(self)}, indexed={self.n_indexed})")
 
 
 # ---------------------------------------------------------------------------
@@ -373,3 +485,131 @@ def sampling_probability(cos_theta, k, l, min_collisions=2):
     m = check_int(min_collisions, "min_collisions", 0, min(l, 255))
     p, u = _C.attention_sampling_prob(c, k, l, m)
     return p.reshape(shape), u.reshape(shape)
+
+
+def _binom_sf_terms(l: int, js):
+    """log C(l, j) for j in js (float64 list)."""
+    return [math.lgamma(l + 1) - math.lgamma(j + 1) - math.lgamma(l - j + 1) for j in js]
+
+
+def _sampling_u(cos, k: int, l: int, m: int, log: bool = False):
+    """torch: u = P[Binomial(l, p) >= m], p = (1 - acos(cos)/pi)^k, differentiable in cos.
+
+    u = 1 - sum_{j<m} pmf(j) (m is small); with log=True, log u, switching to the leading
+    term C(l, m) p^m (1-p)^(l-m) of the upper tail where 1 - sum cancels (u < 1e-9)."""
+    import torch
+
+    eps = 1e-6 if cos.dtype == torch.float32 else 1e-12
+    p = (1 - torch.arccos(cos.clamp(-1 + eps, 1 - eps)) / math.pi) ** k
+    p = p.clamp(1e-30 if cos.dtype == torch.float32 else 1e-300, 1 - 1e-7)
+    lp, l1p = torch.log(p), torch.log1p(-p)
+    low = sum(torch.exp(c + j * lp + (l - j) * l1p) for j, c in zip(range(m), _binom_sf_terms(l, range(m))))
+    u = 1 - low
+    if not log:
+        return u
+    lead = _binom_sf_terms(l, [m])[0] + m * lp + (l - m) * l1p
+    return torch.where(u > 1e-9, torch.log(u.clamp_min(1e-9)), lead)
+
+
+def fit_key_transform(queries, keys, k=10, l=150, min_collisions=2, n_pos=16, steps=100, lr=0.02,
+                      max_queries=1024, budget_queries=256, budget_keys=1024, reg=0.03, budget_penalty=30.0,
+                      seed=0) -> np.ndarray:
+    """Fits one KV head's map A (see the module doc) with torch autograd; returns (d, d) float32.
+
+    queries: (n_q, d) float, the prompt queries of the KV head's query heads; keys: (n, d)
+    float, its prompt keys (centred here by their mean, as the index does). Positives: each
+    of up to ``max_queries`` sampled queries' top-``n_pos`` keys by inner product. The loss,
+    minimised over S (A = expm(S), S symmetric, from S = 0 i.e. A = I) by Adam
+    (``steps``, ``lr``):
+
+        -mean u(positives) + budget_penalty * relu(log(B / B_I))^2 + reg * |S|_F^2
+
+    with u the index's sampling probability (k, l, min_collisions) of the transformed pair
+    and B the mean u over ``budget_queries`` x ``budget_keys`` pairs (the expected fraction
+    of keys sampled), B_I its value at A = I: A may not make a query sample more keys. (On
+    prompts and queries it has not seen the count can drift a few percent above B_I; a
+    target below B_I drives this non-convex fit to fewer collisions of every kind and loses
+    the recall it is for.)
+    The maximised quantity is the expected recall of the positives (mean u rather than mean
+    log u, which favours the hopeless pairs at the expense of recall).
+    """
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("fit_key_transform (LSHKVIndex(learned=True).fit) needs torch") from e
+    Q = _array(queries, "queries")
+    K = _array(keys, "keys")
+    for x, name in ((Q, "queries"), (K, "keys")):
+        if x.dtype.kind != "f":
+            raise TypeError(f"{name}: expected a float array, got {x.dtype}")
+    if Q.ndim != 2 or Q.shape[0] < 1 or Q.shape[1] < 1:
+        raise ValueError(f"queries: expected shape (n_q >= 1, d >= 1), got {Q.shape}")
+    if K.ndim != 2 or K.shape[1] != Q.shape[1] or K.shape[0] < 2:
+        raise ValueError(f"keys: expected shape (n >= 2, {Q.shape[1]}), got {K.shape}")
+    _check_finite(Q, "queries")
+    _check_finite(K, "keys")
+    k = check_int(k, "k", 1, 32)
+    l = check_int(l, "l", 1, 65535)
+    m = check_int(min_collisions, "min_collisions", 0, min(l, 255))
+    n_pos = check_int(n_pos, "n_pos", 1, None)
+    steps = check_int(steps, "steps", 0, None)
+    lr = check_float(lr, "lr", 0.0, None, lo_open=True)
+    max_queries = check_int(max_queries, "max_queries", 1, None)
+    budget_queries = check_int(budget_queries, "budget_queries", 1, None)
+    budget_keys = check_int(budget_keys, "budget_keys", 1, None)
+    reg = check_float(reg, "reg", 0.0, None)
+    budget_penalty = check_float(budget_penalty, "budget_penalty", 0.0, None)
+    rng = np.random.default_rng(check_int(seed, "seed", 0, 2**63 - 1))
+    d = Q.shape[1]
+    if m == 0:  # every key is sampled with probability 1 whatever A is
+        return np.eye(d, dtype=np.float32)
+
+    Q = Q[rng.choice(len(Q), min(max_queries, len(Q)), replace=False)]
+    Qt = torch.tensor(Q, dtype=torch.float64)
+    Kc = torch.tensor(K, dtype=torch.float64)
+    Kc = Kc - Kc.mean(0)
+    S_all = Qt @ Kc.T  # q.(k - mean) ranks keys as q.k does, per query
+    pos = S_all.topk(min(n_pos, len(K)), dim=1).indices
+    S_pos, K_pos = S_all.gather(1, pos), Kc[pos]
+    nb = min(budget_queries, len(Q))
+    sub = torch.as_tensor(rng.choice(len(K), min(budget_keys, len(K)), replace=False))
+    # the budget term covers many pairs: float32 is accurate enough for a mean of u
+    S_b, K_b = S_all[:nb, sub].float(), Kc[sub].float()
+
+    W = torch.zeros(d, d, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([W], lr=lr)
+    threads = torch.get_num_threads()
+    # tensors of at most a few hundred K elements: intra-op threads cost more than they gain
+    torch.set_num_threads(1)
+    try:
+        return _adam_fit(torch, W, opt, _terms_of(torch, W, Qt, S_pos, K_pos, S_b, K_b, nb, k, l, m), steps, reg,
+                         budget_penalty)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _terms_of(torch, W, Qt, S_pos, K_pos, S_b, K_b, nb, k, l, m):
+    """The closure of fit_key_transform: (S, recall of positives, budget B) for the current W."""
+    def terms():
+        S = (W + W.T) / 2
+        A, A_inv = torch.matrix_exp(S), torch.matrix_exp(-S)
+        qn = (Qt @ A_inv).norm(dim=1)  # |A^-T q|
+        u_pos = _sampling_u(S_pos / (qn[:, None] * (K_pos @ A.T).norm(dim=2)), k, l, m)
+        cos_b = S_b / (qn[:nb].float()[:, None] * (K_b @ A.T.float()).norm(dim=1)[None, :])
+        return S, u_pos.mean(), _sampling_u(cos_b, k, l, m).mean()
+    return terms
+
+
+def _adam_fit(torch, W, opt, terms, steps, reg, budget_penalty):
+    """Minimises fit_key_transform's loss over W; returns A = expm(sym(W)) as float32 numpy."""
+    with torch.no_grad():
+        _, _, B_I = terms()
+    with torch.enable_grad():  # the fit runs inside model.generate's no_grad at prefill
+        for _ in range(steps):
+            S, recall, B = terms()
+            loss = -recall + budget_penalty * torch.relu(torch.log(B / B_I)) ** 2 + reg * (S ** 2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return torch.matrix_exp((W + W.T) / 2).float().numpy()

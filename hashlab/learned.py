@@ -79,7 +79,7 @@ Cost: ``fit_seconds_`` (wall time of the last ``fit``, plus the ``partial_fit``
 calls since), ``fit_info_`` (exact inner products, table builds and lookups,
 gradient steps) and ``mining_history_`` (per epoch: positives missed, recall of the
 positives by the tables before the epoch's steps, mean candidates, pairs used).
-Judge a fit against the work it saves: see benchmarks/bench_learned.py.
+Judge a fit against the work it saves: see `hashlab bench learned` (hashlab/bench/learned.py).
 
 Known defect avoided: MONGOOSE's released scheduler measures drift by subtracting
 integer hash codes; ``DriftScheduler`` counts flipped bits (popcount of XOR).

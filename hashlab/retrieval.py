@@ -49,6 +49,16 @@ Search
 
 ``max_candidates`` defaults to ``ceil(target_fraction * n_classes)``; a query with
 fewer than ``k`` candidates is scored densely (exact).
+
+Learned hashing (``learned=True``, MONGOOSE)
+--------------------------------------------
+The hyperplanes are fitted (``hashlab.LearnedSimHash``) on the transformed calibration
+queries and items, so that each query's top logits share its buckets ("tables") or
+agree with it on more bits ("scan"), instead of being drawn at random. Only the
+hashing changes; the exact re-scoring of the candidates does not. "scan" uses the
+learned sign bits directly; its training objective groups them into tables of
+``LEARNED_SCAN_K`` bits (the bits are the same whatever the grouping). The fit costs
+seconds to minutes (``fit_seconds``); it pays off when many queries follow.
 """
 from __future__ import annotations
 
@@ -59,7 +69,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _C
-from ._validate import _from_torch, as_ids, as_matrix, check_choice, check_float, check_int
+from ._validate import _from_torch, as_ids, check_choice, check_float, check_int
 from .params import default_params
 from .simhash import SimHash
 from .tables import LSHTables
@@ -73,6 +83,7 @@ DEFAULT_SCAN_BITS = 2048
 DEFAULT_TABLES_L = 64
 _SCAN_CHUNK_BYTES = 32 << 20       # Hamming distances materialised per query chunk
 _DENSE_CHUNK = 65536
+LEARNED_SCAN_K = 8                 # bits per table in the fitting objective of a learned "scan"
 
 
 # ---------------------------------------------------------------------------------
@@ -208,10 +219,18 @@ class OutputRetriever:
         this many quantile groups of their transformed norm, each equalised with its own
         M, so that short rows are not drowned by the longest one. Candidates from
         different groups are then ranked by exact logits (default 1: one global M).
+    learned : bool, fit the hyperplanes on ``queries`` (required) and the classes with
+        the MONGOOSE objective (``hashlab.LearnedSimHash``; see the module docstring)
+        instead of drawing them at random. Not with ``hasher``.
+    learn_options : dict, optional, keyword arguments of ``LearnedSimHash.fit``
+        (default: epochs=6, lr=0.02, bucket_capacity 128).
+
+    Attributes: ``fit_seconds`` (time spent fitting a learned hash, 0.0 otherwise).
     """
 
     def __init__(self, weight, bias=None, k=None, l=None, target_fraction=None, seed=0, search="auto",
-                 queries=None, hasher=None, max_candidates=None, kind="hadamard", balance=True, norm_ranges=1):
+                 queries=None, hasher=None, max_candidates=None, kind="hadamard", balance=True, norm_ranges=1,
+                 learned=False, learn_options=None):
         W = _as_float_matrix(weight, "weight")
         n, d = W.shape
         if n == 0 or d == 0:
@@ -234,6 +253,18 @@ class OutputRetriever:
             raise TypeError(f"balance: expected a bool, got {type(balance).__name__}")
         self.balance = bool(balance)
         self.norm_ranges = check_int(norm_ranges, "norm_ranges", 1, 1 << 16)
+        if not isinstance(learned, (bool, np.bool_)):
+            raise TypeError(f"learned: expected a bool, got {type(learned).__name__}")
+        self.learned = bool(learned)
+        if self.learned and Xq is None:
+            raise ValueError("learned=True: expected calibration queries (queries=...) to fit the hash on")
+        if self.learned and hasher is not None:
+            raise ValueError("learned, hasher: expected one or the other (learned=True fits its own hasher)")
+        if learn_options is not None and not self.learned:
+            raise ValueError("learn_options: expected None unless learned=True")
+        if learn_options is not None and not isinstance(learn_options, dict):
+            raise TypeError(f"learn_options: expected a dict, got {type(learn_options).__name__}")
+        self.fit_seconds = 0.0
         if max_candidates is None:
             max_candidates = max(1, math.ceil(self.target_fraction * n))
         self.max_candidates = check_int(max_candidates, "max_candidates", 1)
@@ -243,7 +274,32 @@ class OutputRetriever:
         self.n_classes, self.dim = n, d
         self._fit_transform(Xq)
         self._make_hasher(k, l, hasher)
+        if self.learned:
+            self._fit_hasher(Xq, learn_options or {})
         self._index(np.arange(n, dtype=np.int32), W, b)
+
+    def _fit_hasher(self, Xq, options):
+        """Replaces the random hasher by a LearnedSimHash with as many sign bits (same k, l for
+        "tables"), fitted on the transformed calibration queries and all classes."""
+        from .learned import LearnedSimHash
+        h = self.hasher
+        if self.search == "tables":
+            learned = LearnedSimHash(self.hash_dim, h.key_bits, h.l, seed=self.seed)
+        else:
+            nbits = int(h.key_bits) * int(h.l)
+            learned = LearnedSimHash(self.hash_dim, LEARNED_SCAN_K, -(-nbits // LEARNED_SCAN_K), seed=self.seed)
+        opts = dict(epochs=6, lr=0.02, bucket_capacity=128, seed=self.seed)
+        opts.update(options)
+        items = self._items_hashed(np.arange(self.n_classes))
+        learned.fit(self._queries_hashed(Xq), items, **opts)
+        self.fit_seconds = float(learned.fit_seconds_)
+        self.hasher = learned
+        if self.search == "scan":
+            self.nbits = int(learned.nbits)
+            self._bits = np.zeros((self.n_classes, -(-self.nbits // 64)), dtype=np.uint64)
+        else:
+            self.tables = LSHTables(learned, bucket_capacity=self.tables.bucket_capacity, policy="fifo",
+                                    range_bits=self.tables.range_bits, seed=self.seed)
 
     # -- the transform --------------------------------------------------------------
     def _fit_transform(self, Xq):
@@ -576,7 +632,7 @@ class OutputRetriever:
     def __repr__(self):
         return (f"OutputRetriever(n_classes={self.n_classes}, dim={self.dim}, search={self.search!r}, k={self.k}, "
                 f"l={self.l}, max_candidates={self.max_candidates}, bias={self.bias is not None}, "
-                f"calibrated={self.nu is not None})")
+                f"calibrated={self.nu is not None}, learned={self.learned})")
 
 
 def _hamming(q, items):

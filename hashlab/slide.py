@@ -16,6 +16,13 @@ What differs from the original SLIDE code (see ../shared/reference.md section 3)
   exponentially growing schedule (first after ``rebuild_first`` batches, each period
   ``rebuild_growth`` times the previous); only rows whose keys changed are removed and
   reinserted.
+- ``hash="learned"`` (MONGOOSE, Chen et al. ICLR 2021): a LearnedSimHash fitted on
+  recent hidden activations (queries) and the output rows (items), and a
+  DriftScheduler instead of rehashing every touched row: at each scheduled pass the
+  rows touched since the last pass are fingerprinted (8-bit SimHash), only those
+  whose fingerprint changed are re-hashed, and the hash function is refitted (one
+  ``partial_fit`` epoch, then a full rebuild) only when the fingerprints of all rows
+  have drifted past ``refit_threshold`` since the last fit.
 - Shuffled every epoch, evaluated on whole sets, configured at run time from Python.
 """
 from __future__ import annotations
@@ -33,6 +40,7 @@ import scipy.sparse as sp
 
 from . import _C
 from ._validate import check_choice, check_float, check_int
+from .learned import DriftScheduler, LearnedSimHash
 from .params import default_params
 from .simhash import SimHash
 from .tables import LSHTables
@@ -40,6 +48,8 @@ from .wta import DWTAHash
 
 FORMAT_VERSION = 1
 ACTIVATIONS = ("relu", "tanh")
+HASHES = ("dwta", "simhash", "learned")
+_QUERY_BUFFER = 1024  # recent hidden activations kept as the learned hash's training queries
 
 
 class _Adam:
@@ -130,7 +140,12 @@ class SparseMLP:
     input_dim, output_dim : int, features and labels.
     hidden : tuple of int, hidden layer widths (default (128,)).
     activation : "relu" | "tanh", for the hidden layers.
-    hash : "dwta" | "simhash", the family hashing output neurons and activations.
+    hash : "simhash" (default) | "dwta" | "learned", the family hashing output neurons
+        and activations ("learned": MONGOOSE LearnedSimHash + DriftScheduler, see the
+        module docstring). SimHash is the default: on the 200K-label benchmark it trains
+        ~3x more samples/s than DWTA (its k ~ 14-bit keys return small, better-aligned
+        candidate sets where DWTA's few-bit keys return large, near-random ones) and leaves
+        the early P@1 plateau ~3x sooner (benchmarks/README.md, slide and learned sections).
     k, l : codes per key and tables; l defaults to 50 and k is chosen with
         hashlab.default_params so that about twice target_active neurons are
         retrieved for unrelated activations (then trimmed by collision count).
@@ -141,19 +156,28 @@ class SparseMLP:
     seed : int, drives initialisation, hashing, shuffling and random fill.
     bucket_capacity, rebuild_first, rebuild_growth : table capacity (default from
         default_params), batches before the first rehash, and the growth factor of
-        the rehash period (capped at 4 * rebuild_first batches).
+        the rehash period (capped at 4 * rebuild_first batches). For hash="learned",
+        the same schedule times the drift checks (the first one fits the hash).
+    refit_threshold : float in (0, 1], hash="learned" only: fraction of flipped
+        fingerprint bits (over all output rows, since the last fit) that triggers a
+        refit of the hash function and a full rebuild.
+
+    Attributes: ``rebuilds`` (table maintenance passes), ``refits`` and
+    ``rows_rehashed`` (rows whose keys were recomputed, all passes), ``history``.
     """
 
-    def __init__(self, input_dim, output_dim, hidden=(128,), activation="relu", hash="dwta", k=None, l=None,
+    def __init__(self, input_dim, output_dim, hidden=(128,), activation="relu", hash="simhash", k=None, l=None,
                  target_active=None, lr=1e-3, seed=0, bucket_capacity=None, rebuild_first=50,
-                 rebuild_growth=1.2, bin_size=8):
+                 rebuild_growth=1.2, bin_size=8, refit_threshold=0.1):
         self._configure(input_dim, output_dim, hidden, activation, hash, k, l, target_active, lr, seed,
-                        bucket_capacity, rebuild_first, rebuild_growth, bin_size)
+                        bucket_capacity, rebuild_first, rebuild_growth, bin_size, refit_threshold)
         self._init_params()
         self._build_tables()
+        if self.hash == "learned":
+            self._sched.update(np.arange(self.output_dim), self.out_w.w)
 
     def _configure(self, input_dim, output_dim, hidden, activation, hash, k, l, target_active, lr, seed,
-                   bucket_capacity, rebuild_first, rebuild_growth, bin_size):
+                   bucket_capacity, rebuild_first, rebuild_growth, bin_size, refit_threshold=0.1):
         self.input_dim = check_int(input_dim, "input_dim", 1, 2**31 - 2)
         self.output_dim = check_int(output_dim, "output_dim", 2, 2**31 - 2)
         if isinstance(hidden, (int, np.integer)):
@@ -162,7 +186,7 @@ class SparseMLP:
             raise TypeError(f"hidden: expected a non-empty tuple of layer widths, got {hidden!r}")
         self.hidden = tuple(check_int(h, "hidden", 1, 65536) for h in hidden)
         self.activation = check_choice(activation, "activation", ACTIVATIONS)
-        self.hash = check_choice(hash, "hash", ("dwta", "simhash"))
+        self.hash = check_choice(hash, "hash", HASHES)
         if target_active is None:
             target_active = min(self.output_dim, max(512, self.output_dim // 100))
         self.target_active = check_int(target_active, "target_active", 1)
@@ -171,11 +195,13 @@ class SparseMLP:
         self.rebuild_first = check_int(rebuild_first, "rebuild_first", 1)
         self.rebuild_growth = check_float(rebuild_growth, "rebuild_growth", 1.0, 100.0)
         self.bin_size = check_int(bin_size, "bin_size", 2, 256)
+        self.refit_threshold = check_float(refit_threshold, "refit_threshold", 0.0, 1.0, lo_open=True)
         # Many tables (SLIDE uses 50) so that collision counts rank the candidates;
         # k so that about twice target_active neurons are retrieved.
         self.l = 50 if l is None else check_int(l, "l", 1, 65535)
         frac = min(1.0, 2.0 * self.target_active / self.output_dim)
-        p = default_params(self.output_dim, self.hidden[-1], frac, family=self.hash, bin_size=self.bin_size,
+        family = "dwta" if self.hash == "dwta" else "simhash"
+        p = default_params(self._lsh_items(), self.hidden[-1], frac, family=family, bin_size=self.bin_size,
                            l=self.l)
         self.k = p.k if k is None else check_int(k, "k", 1, 32)
         self.bucket_capacity = p.bucket_capacity if bucket_capacity is None else \
@@ -186,10 +212,26 @@ class SparseMLP:
         self._next_rebuild = self.rebuild_first
         self._period = float(self.rebuild_first)
         self.rebuilds = 0
+        self.refits = 0
+        self.rows_rehashed = 0
         self.history = []
+        self.hasher = None
+        if self.hash == "learned":
+            d = self.hidden[-1]
+            self._sched = DriftScheduler(d, bits=8, threshold=self.refit_threshold, seed=self.seed + 6)
+            self._qbuf = np.zeros((_QUERY_BUFFER, d), np.float32)  # ring buffer of hidden activations
+            self._qfill = 0
+
+    def _lsh_items(self):
+        """Output rows one set of tables holds (the whole layer here; a shard when sharded)."""
+        return self.output_dim
 
     def _init_params(self):
         rng = np.random.default_rng(self.seed)
+        self._init_hidden(rng)
+        self._init_output(rng)
+
+    def _init_hidden(self, rng):
         sizes = (self.input_dim,) + self.hidden
         # input layer: rows are features (gathered per non-zero); N(0, 1/width)
         w0 = rng.standard_normal((self.input_dim, self.hidden[0]), dtype=np.float32)
@@ -198,6 +240,8 @@ class SparseMLP:
         for a, b in zip(sizes[1:-1], sizes[2:]):  # dense hidden layers, torch.nn.Linear's init
             self.layers.append(_Adam(_uniform(rng, (a, b), 1 / math.sqrt(a))))
         self.biases = [_Adam(np.zeros(h, np.float32)) for h in self.hidden]
+
+    def _init_output(self, rng):
         d = self.hidden[-1]
         self.out_w = _Adam(_uniform(rng, (self.output_dim, d), 1 / math.sqrt(d)))
         self.out_b = _Adam(np.zeros(self.output_dim, np.float32))
@@ -208,17 +252,23 @@ class SparseMLP:
         hseed = self.seed + 2
         if self.hash == "dwta":
             return DWTAHash(d, self.k, self.l, bin_size=self.bin_size, seed=hseed)
+        if self.hash == "learned":  # random Gaussian SimHash until the first fit
+            return LearnedSimHash(d, self.k, self.l, seed=hseed)
         return SimHash(d, self.k, self.l, kind="gaussian", seed=hseed)
 
     def _build_tables(self, keys=None):
-        self.hasher = self._make_hasher()
+        """Tables over every output row with ``self.hasher`` (made on first use); keys (output_dim, l)
+        uint32 if already known."""
+        if self.hasher is None:
+            self.hasher = self._make_hasher()
         rb = min(self._range_bits, self.hasher.key_bits)
         self.tables = LSHTables(self.hasher, bucket_capacity=self.bucket_capacity, policy="reservoir",
                                 range_bits=rb, seed=self.seed + 3)
+        n = self.out_w.w.shape[0]
         self._keys = self.hasher.hash(self.out_w.w) if keys is None else keys
-        self.tables.insert_keys(np.arange(self.output_dim, dtype=np.int32), self._keys)
+        self.tables.insert_keys(np.arange(n, dtype=np.int32), self._keys)
         self.tables.freeze()  # read-optimised between rehashes
-        self._dirty = np.zeros(self.output_dim, dtype=np.uint8)
+        self._dirty = np.zeros(n, dtype=np.uint8)
 
     def _rehash(self):
         """Re-hashes rows updated since the last rehash; moves those whose keys changed."""
@@ -235,6 +285,10 @@ class SparseMLP:
                 self._keys[ids] = keys[changed]
         self._dirty[:] = 0
         self.rebuilds += 1
+        self.rows_rehashed += rows.size
+        self._advance_schedule()
+
+    def _advance_schedule(self):
         # the period grows geometrically but never past 4x the first one: late in
         # training the weights still move, and stale tables hurt both training and
         # LSH inference (measured: 640-batch periods cost most of LSH P@1)
@@ -289,9 +343,66 @@ class SparseMLP:
         G = np.ascontiguousarray(Xt[rows] @ g, dtype=np.float32)
         L0 = self.layers[0]
         _C.adam_rows(L0.w, L0.m, L0.v, rows.astype(np.int64), G, lr, 0.9, 0.999, 1e-8, t)
-        if self.step >= self._next_rebuild:
+        if self.hash == "learned":
+            self._remember_queries(H)
+            if self.step >= self._next_rebuild:
+                self._maintain_learned()
+        elif self.step >= self._next_rebuild:
             self._rehash()
         return loss, active
+
+    # -- learned hashing (MONGOOSE) ---------------------------------------------------------
+    def _remember_queries(self, H):
+        """Keeps some of this batch's hidden rows (batches are shuffled: a random subset) in the ring
+        buffer of fit queries."""
+        take = H[:max(1, _QUERY_BUFFER // 32)]
+        pos = (self._qfill + np.arange(take.shape[0])) % _QUERY_BUFFER
+        self._qbuf[pos] = take
+        self._qfill += take.shape[0]
+
+    def _fit_hasher(self, first):
+        """Fits (first) or refits the learned hash on the buffered activations and the output rows,
+        then rebuilds the tables. Too few mined pairs (tiny layers whose tables already find
+        every top pair) keep the current projection."""
+        # the newest half of the buffer: mining costs queries x output rows inner products
+        n = min(self._qfill, _QUERY_BUFFER // 2)
+        Q = self._qbuf[(self._qfill - n + np.arange(n)) % _QUERY_BUFFER]
+        kw = dict(bucket_capacity=self.bucket_capacity, mine_queries=256, max_pairs=4096, seed=self.seed + 7)
+        try:
+            if first:
+                self.hasher.fit(Q, self.out_w.w, epochs=3, **kw)
+            else:
+                self.hasher.partial_fit(Q, self.out_w.w, epochs=1, **kw)
+        except ValueError as e:
+            if not str(e).startswith("fit: mined only"):
+                raise
+        self.refits += 1
+        self._build_tables()
+        self._sched.clear()
+        self._sched.update(np.arange(self.output_dim), self.out_w.w)
+        self.rows_rehashed += self.output_dim
+
+    def _maintain_learned(self):
+        """Drift-driven maintenance: re-hash rows whose fingerprint changed; refit on drift."""
+        rows = np.flatnonzero(self._dirty)
+        if self.refits == 0:
+            self._fit_hasher(first=True)
+        else:
+            changed, _ = self._sched.update(rows, self.out_w.w[rows])
+            if self._sched.should_refit:
+                self._fit_hasher(first=False)
+            elif changed.size:
+                ids = changed.astype(np.int32)
+                keys = self.hasher.hash(self.out_w.w[ids])
+                self.tables.thaw()
+                self.tables.remove(ids)
+                self.tables.insert_keys(ids, keys)
+                self.tables.freeze()
+                self._keys[ids] = keys
+                self.rows_rehashed += ids.size
+        self._dirty[:] = 0
+        self.rebuilds += 1
+        self._advance_schedule()
 
     # -- public API ----------------------------------------------------------------------
     def fit(self, X, Y, epochs=1, batch_size=256, validation=None, checkpoint=None, checkpoint_every=None,
@@ -320,14 +431,7 @@ class SparseMLP:
         eval_every = max(1, n_batches // 10) if eval_every is None else check_int(eval_every, "eval_every", 1)
         if checkpoint_every is not None:
             checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
-        val = None
-        if validation is not None:
-            if not isinstance(validation, (tuple, list)) or len(validation) != 2:
-                raise TypeError("validation: expected a tuple (X_val, Y_val)")
-            Xv = _as_features(validation[0], self.input_dim)
-            Yv = _as_labels(validation[1], Xv.shape[0], self.output_dim)
-            sub = np.random.default_rng(self.seed + 4).permutation(Xv.shape[0])[:eval_size]
-            val = (Xv[sub], Yv[sub])
+        val = self._validation_subset(validation, eval_size)
 
         from tqdm.auto import tqdm
 
@@ -372,6 +476,17 @@ class SparseMLP:
         if checkpoint is not None:
             self.save(checkpoint)
         return self
+
+    def _validation_subset(self, validation, eval_size):
+        """(X_val, Y_val) -> a fixed random subset of at most eval_size of its rows, or None."""
+        if validation is None:
+            return None
+        if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+            raise TypeError("validation: expected a tuple (X_val, Y_val)")
+        Xv = _as_features(validation[0], self.input_dim)
+        Yv = _as_labels(validation[1], Xv.shape[0], self.output_dim)
+        sub = np.random.default_rng(self.seed + 4).permutation(Xv.shape[0])[:eval_size]
+        return Xv[sub], Yv[sub]
 
     def hidden_activations(self, X):
         """Last hidden layer of CSR rows X: (n, hidden[-1]) float32."""
@@ -423,7 +538,8 @@ class SparseMLP:
     def nbytes(self):
         """Bytes of weights, Adam moments, LSH tables and stored keys."""
         params = sum(p.nbytes for p in self.layers + self.biases + [self.out_w, self.out_b])
-        return int(params + self.tables.nbytes + self._keys.nbytes + self._dirty.nbytes)
+        extra = self._sched.nbytes + self._qbuf.nbytes if self.hash == "learned" else 0
+        return int(params + self.tables.nbytes + self._keys.nbytes + self._dirty.nbytes + extra)
 
     # -- persistence ---------------------------------------------------------------------
     def _config(self):
@@ -431,7 +547,8 @@ class SparseMLP:
                     activation=self.activation, hash=self.hash, k=self.k, l=self.l,
                     target_active=self.target_active, lr=self.lr, seed=self.seed,
                     bucket_capacity=self.bucket_capacity, rebuild_first=self.rebuild_first,
-                    rebuild_growth=self.rebuild_growth, bin_size=self.bin_size)
+                    rebuild_growth=self.rebuild_growth, bin_size=self.bin_size,
+                    refit_threshold=self.refit_threshold)
 
     def save(self, path):
         """Writes the model, optimizer state, hash seeds and schedule to ``path`` (.npz).
@@ -444,23 +561,21 @@ class SparseMLP:
         path = os.fspath(path)
         state = dict(format=FORMAT_VERSION, config=self._config(), step=self.step, rebuilds=self.rebuilds,
                      next_rebuild=self._next_rebuild, period=self._period, history=self.history,
-                     epoch_rng=self._epoch_rng.bit_generator.state, range_bits=self._range_bits)
-        arrays = {"state": np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), "keys": self._keys,
-                  "dirty": self._dirty}
+                     epoch_rng=self._epoch_rng.bit_generator.state, range_bits=self._range_bits,
+                     refits=self.refits, rows_rehashed=self.rows_rehashed)
+        arrays = {"keys": self._keys, "dirty": self._dirty}
+        if self.hash == "learned":
+            h = self.hasher
+            state.update(qfill=self._qfill, drift_bits=self._sched._drift_bits, hash_fit_seconds=h.fit_seconds_,
+                         hash_loss_history=list(h.loss_history_))
+            arrays.update(hash_W=h.W, qbuf=self._qbuf, sched_ids=self._sched._ids,
+                          sched_codes=self._sched._codes, sched_base=self._sched._base)
+            if h._opt is not None:  # the hash's Adam state: later refits continue from it
+                arrays.update(hash_opt_m=h._opt["m"], hash_opt_v=h._opt["v"], hash_opt_t=np.int64(h._opt["t"]))
+        arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
         for name, p in self._named_params():
             arrays[name + ".w"], arrays[name + ".m"], arrays[name + ".v"] = p.w, p.m, p.v
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".hashlab-", suffix=".npz.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_savez(path, arrays)
 
     def _named_params(self):
         for i, p in enumerate(self.layers):
@@ -493,6 +608,9 @@ class SparseMLP:
                     setattr(p, part, np.ascontiguousarray(z[f"{name}.{part}"], dtype=np.float32))
             keys = np.ascontiguousarray(z["keys"], dtype=np.uint32)
             dirty = np.ascontiguousarray(z["dirty"], dtype=np.uint8)
+            model.refits, model.rows_rehashed = state.get("refits", 0), state.get("rows_rehashed", 0)
+            if model.hash == "learned":
+                model._restore_learned(path, z, state)
         expect = {"out_w": (model.output_dim, model.hidden[-1]), "layer0": (model.input_dim, model.hidden[0])}
         for name, p in model._named_params():
             if name in expect and p.w.shape != expect[name]:
@@ -503,6 +621,31 @@ class SparseMLP:
         model._dirty = dirty
         return model
 
+    def _restore_learned(self, path, z, state):
+        """The learned hasher, the drift fingerprints and the query buffer of a checkpoint."""
+        need = ("hash_W", "qbuf", "sched_ids", "sched_codes", "sched_base")
+        if any(name not in z.files for name in need):
+            raise ValueError(f"{path}: a hash='learned' checkpoint without its learned hash state")
+        self.hasher = self._make_hasher()
+        self.hasher._set_W(np.asarray(z["hash_W"]))
+        self.hasher.fit_seconds_ = float(state["hash_fit_seconds"])
+        self.hasher.loss_history_ = [float(v) for v in state["hash_loss_history"]]
+        if "hash_opt_m" in z.files:
+            m, v = np.asarray(z["hash_opt_m"], np.float64), np.asarray(z["hash_opt_v"], np.float64)
+            if m.shape != (self.hasher.dim, self.hasher.nbits) or v.shape != m.shape:
+                raise ValueError(f"{path}: learned hash optimiser state has the wrong shape")
+            self.hasher._opt = dict(m=m, v=v, t=int(z["hash_opt_t"]))
+        qbuf = np.ascontiguousarray(z["qbuf"], dtype=np.float32)
+        if qbuf.shape != self._qbuf.shape:
+            raise ValueError(f"{path}: query buffer has shape {qbuf.shape}, expected {self._qbuf.shape}")
+        self._qbuf, self._qfill = qbuf, int(state["qfill"])
+        s = self._sched
+        s._ids, s._codes, s._base = (np.asarray(z["sched_ids"], np.int64), np.asarray(z["sched_codes"], np.uint32),
+                                     np.asarray(z["sched_base"], np.uint32))
+        if not (s._ids.shape == s._codes.shape == s._base.shape):
+            raise ValueError(f"{path}: drift fingerprints have mismatched shapes")
+        s._drift_bits = int(state["drift_bits"])
+
     def to_torch(self):
         """A dense torch.nn.Module with the same weights (see hashlab.torch.SparseMLPModule)."""
         from .torch import SparseMLPModule
@@ -511,6 +654,23 @@ class SparseMLP:
     def __repr__(self):
         return (f"SparseMLP(input_dim={self.input_dim}, output_dim={self.output_dim}, hidden={self.hidden}, "
                 f"hash={self.hash!r}, k={self.k}, l={self.l}, target_active={self.target_active}, step={self.step})")
+
+
+def atomic_savez(path, arrays):
+    """np.savez of a dict of arrays to path through a temporary file in the same folder,
+    fsynced then renamed over path: a reader or a crash never sees a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".hashlab-", suffix=".npz.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _dense_topk(H, W, b, k, chunk=65536):

@@ -16,8 +16,9 @@ transformers = pytest.importorskip("transformers")
 
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from hashlab.torch import (LSHAttention, LSHCache, disable_lsh_attention, enable_lsh_attention,  # noqa: E402
-                           is_lsh_attention_enabled)
+from hashlab.attention import LSHKVIndex  # noqa: E402
+from hashlab.torch import (LSHAttention, LSHAttentionParams, LSHCache, disable_lsh_attention,  # noqa: E402
+                           enable_lsh_attention, is_lsh_attention_enabled)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # small dense parts so that most prompt keys go through the sampler
@@ -337,3 +338,43 @@ def test_smollm2_passkey_with_lsh_attention():
         disable_lsh_attention(model)
     assert key in res["text"], res["text"]
     assert res["stats"]["touched_fraction"] < 0.10
+
+
+# ---------------------------------------------------------------------------------------------
+# learned=True: per-KV-head maps fitted on the prefill's queries and keys
+
+
+def test_generate_learned_fits_each_layer_on_its_prefill(tiny):
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(3, 128, (2, 80), generator=g)
+    mask = torch.ones_like(ids)
+    ids[1, :17] = 0  # left padding: the padded positions are left out of the fit and the index
+    mask[1, :17] = 0
+    enable_lsh_attention(tiny, dense_layers=(0,), learned=True, **SAMPLED)
+    try:
+        out = _greedy(tiny, ids, n=4, attention_mask=mask, return_dict_in_generate=True)
+        layer = out.past_key_values.layers[1]
+        assert [len(ix) for ix in layer.indexes] == [83, 66]
+        for ix in layer.indexes:
+            A = ix.transform
+            assert ix.learned and A.shape == (2, 16, 16) and not np.allclose(A, np.eye(16), atol=1e-3)
+        with torch.no_grad():
+            dyn = DynamicCache(config=tiny.config)
+            tiny(ids[:1], past_key_values=dyn, use_cache=True)
+        with pytest.raises(ValueError, match="learned"):
+            LSHCache.from_dynamic_cache(dyn, tiny)
+    finally:
+        disable_lsh_attention(tiny)
+    with pytest.raises(TypeError, match="learned"):
+        LSHAttentionParams(learned=1)
+
+
+def test_module_learned_fits_on_the_gqa_groups_queries():
+    B, H, Hkv, T, D = 1, 4, 2, 100, 16
+    q, k, v = _qkv(B, H, Hkv, T + 1, D, seed=5)
+    att = LSHAttention(H, Hkv, D, learned=True, **SAMPLED)
+    att(q[:, :, :T], k[:, :, :T], v[:, :, :T])
+    # query heads 0, 1 belong to KV head 0 and 2, 3 to KV head 1 (the index's own fit)
+    want = LSHKVIndex(D, Hkv, learned=True, **SAMPLED).fit(q[0, :, :T].numpy(), k[0, :, :T].numpy()).transform
+    np.testing.assert_array_equal(att.indexes[0].transform, want)
+    assert att(q[:, :, T:], k[:, :, T:], v[:, :, T:]).shape == (B, H, 1, D)

@@ -20,49 +20,23 @@ query so that they hold about half of its attention (a few high-attention keys o
 background, where top-k is biased). Real K/V: ``capture_error(keys, values, queries)``
 measures the errors on captured tensors (used by the transformers integration).
 
-Every library runs on the same number of threads (default 2). Results go to
-benchmarks/results/attention.{json,md}; ``--update-readme`` rewrites the section between
-``<!-- attention:begin -->`` and ``<!-- attention:end -->`` of benchmarks/README.md.
-
-Usage:  python benchmarks/bench_attention.py [--quick] [--threads N] [--out DIR] [--update-readme]
-From Python:  run(quick=False, threads=2, out_dir=None) -> results dict.
+Every library runs on the same number of threads. ``run(quick, threads, out)`` writes
+<out>/attention.json, attention.md and attention_latency.png (decode latency vs context
+length). torch missing: every run is reported "not available".
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import math
-import os
-import sys
+import pathlib
 import time
 import traceback
 
-if __package__:
-    from . import _common as C
-else:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common as C
+import numpy as np
 
-DEFAULT_THREADS = 2
+from hashlab.attention import LSHKVIndex, _f32_to_bf16, dense_attention, topk_attention
 
-
-def _argv_threads(argv):
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return str(DEFAULT_THREADS)
-
-
-# OpenMP/OpenBLAS/MKL read these once, when loaded: set them before numpy is imported.
-C.limit_threads_env(_argv_threads(sys.argv) if __name__ == "__main__" else DEFAULT_THREADS)
-
-import numpy as np  # noqa: E402
-
-hashlab = C.import_hashlab()
-from hashlab.attention import (LSHKVIndex, _f32_to_bf16, dense_attention,  # noqa: E402
-                               topk_attention)
+from . import _common as C
 
 SHAPES = {
     "Llama-3-8B": dict(H=32, n_kv=8, d=128),
@@ -71,7 +45,9 @@ SHAPES = {
 CONFIGS = {
     "full": dict(runs=[("Llama-3-8B", n) for n in (16384, 32768, 98304, 131072)] +
                       [("SmolLM2", n) for n in (16384, 32768, 98304, 131072)], repeat=3),
-    "quick": dict(runs=[("Llama-3-8B", 16384), ("Llama-3-8B", 32768), ("SmolLM2", 16384)], repeat=2),
+    "quick": dict(runs=[("Llama-3-8B", 4096), ("Llama-3-8B", 8192), ("SmolLM2", 8192), ("SmolLM2", 16384)],
+                  repeat=2),
+    "tiny": dict(runs=[("SmolLM2", 1024)], repeat=1),
 }
 LSH_PARAMS = dict(k=10, l=150, min_collisions=2, sinks=4, window=64)
 N_HOT = 16           # planted keys per query head
@@ -255,28 +231,16 @@ def run_one(shape, n, cfg, rep, sec, seed=0):
 # report
 # ---------------------------------------------------------------------------
 
-class Report:
-    def __init__(self):
-        self.checks, self.failures, self.errors, self.notes = [], [], [], []
-
-    def check(self, name, value, ok):
-        self.checks.append([name, value, "ok" if ok else "**FAILED**"])
-        if not ok:
-            self.failures.append(f"{name}: {value}")
-            C.progress(f"FAILED: {name}: {value}")
-
-
 def _t(s):
     return C.fmt_time(s)
 
 
-def render_markdown(results):
-    rep = results["_report"]
+def render_markdown(results, rep):
     runs = [r for r in results["runs"] if "times" in r]
-    L = ["## Attention (`bench_attention.py`)", "",
-         "`python benchmarks/bench_attention.py [--quick] [--threads N] [--update-readme]` (full run ~5-10 min, "
-         "`--quick` < 3 min). `capture_error(keys, values, queries)` in the same file measures the errors on "
-         "captured K/V.", "",
+    L = ["## Attention (`hashlab bench attention`)", "",
+         "`hashlab bench attention [--quick] [--threads N]` (full run ~5-10 min; suite "
+         "`hashlab/bench/attention.py`). `capture_error(keys, values, queries)` in the same file measures the "
+         "errors on captured K/V.", "",
          "One decode step of one layer, batch 1: torch `scaled_dot_product_attention` (dense; the faster of "
          "`enable_gqa=True` and the GQA group as the query rows, both exact), hashlab `dense_attention`, "
          "`topk_attention` at the budget LSH touched (per head), and `LSHKVIndex` (MagicPIG: k=10, l=150, "
@@ -315,6 +279,8 @@ def render_markdown(results):
         L.append(C.markdown_table(["Target", "Measured", "Status"], results["targets"]))
     if rep.checks:
         L.append(C.markdown_table(["Check", "Result", "Status"], rep.checks))
+    if results["plots"]:
+        L.append("![decode latency vs context length](results/attention_latency.png)\n")
     for r in results["runs"]:
         if r.get("status", "ok") != "ok":
             L.append(f"- {r.get('label', '?')}: **{r['status']}**")
@@ -323,16 +289,44 @@ def render_markdown(results):
     return "\n".join(L).rstrip() + "\n"
 
 
-def run(quick=False, threads=DEFAULT_THREADS, out_dir=None, update_readme=False):
-    """Runs every (shape, context); returns the results dict (also written to out_dir as
-    attention.json and attention.md)."""
-    cfg = dict(CONFIGS["quick" if quick else "full"])
-    threads_set = C.set_threads(int(threads))
-    rep = Report()
-    results = {"benchmark": "attention", "mode": "quick" if quick else "full", "config": cfg,
-               "lsh_params": LSH_PARAMS, "machine": C.machine_info(int(threads)), "threads_set": threads_set,
-               "runs": []}
-    for shape, n in cfg["runs"]:
+def plot_latency(results, out):
+    """Decode latency per layer vs context length, one panel per model shape."""
+    plt = C.pyplot()
+    runs = [r for r in results["runs"] if "times" in r]
+    shapes = [s for s in SHAPES if any(r["label"].startswith(s) for r in runs)]
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5.5 * len(shapes), 4.2), squeeze=False)
+    series = (("SDPA f32", ("sdpa_f32_gqa", "sdpa_f32_grouped"), "k--"),
+              ("SDPA bf16", ("sdpa_bf16_gqa", "sdpa_bf16_grouped"), "k-"),
+              ("hashlab dense bf16", ("dense_bf16",), "b-"), ("hashlab top-k bf16", ("topk_bf16",), "g-"),
+              ("hashlab LSH f32", ("lsh_f32",), "r--"), ("hashlab LSH bf16", ("lsh_bf16",), "r-"))
+    for ax, shape in zip(axes[0], shapes):
+        rs = sorted((r for r in runs if r["label"].startswith(shape)), key=lambda r: r["n"])
+        ns = [r["n"] for r in rs]
+        for name, keys, style in series:
+            ax.plot(ns, [1e3 * min(r["times"][k]["best"] for k in keys) for r in rs], style, marker="o", ms=4,
+                    label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(ns, [f"{n // 1024}K" for n in ns])
+        s = SHAPES[shape]
+        ax.set_title(f"{shape} layer ({s['H']} q heads, {s['n_kv']} kv heads, d={s['d']}), batch 1", fontsize=9)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("decode latency per layer (ms, log)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return C.save_figure(fig, out, "attention_latency.png")
+
+
+def run(quick: bool, threads: int | None, out: pathlib.Path, tiny: bool = False) -> dict:
+    """Runs every (shape, context); writes <out>/attention.json, attention.md and
+    attention_latency.png; returns the results dict (exceptions in results["errors"]).
+    tiny: one seconds-long run (for tests; figures meaningless)."""
+    from tqdm import tqdm
+    mode = "tiny" if tiny else "quick" if quick else "full"
+    cfg = dict(CONFIGS[mode])
+    rep = C.Report()
+    results = C.start("attention", mode, threads, cfg, lsh_params=LSH_PARAMS, runs=[])
+    for shape, n in tqdm(cfg["runs"], desc="attention", unit="run", leave=False):
         s = SHAPES[shape]
         sec = {"label": f"{shape}, {n // 1024}K"}
         need, avail = bytes_needed(s["H"], s["n_kv"], s["d"], n), available_bytes()
@@ -345,7 +339,7 @@ def run(quick=False, threads=DEFAULT_THREADS, out_dir=None, update_readme=False)
             run_one(shape, n, cfg, rep, sec)
             sec["status"] = "ok"
         except ImportError as e:
-            sec["status"] = f"not available: {type(e).__name__}: {e}"
+            sec["status"] = C.missing(e)
         except Exception as e:  # noqa: BLE001
             sec["status"] = f"ERROR: {type(e).__name__}: {e}"
             sec["traceback"] = traceback.format_exc()
@@ -371,38 +365,10 @@ def run(quick=False, threads=DEFAULT_THREADS, out_dir=None, update_readme=False)
                      "data is mostly the broad background's sampling noise, while top-k at the same budget "
                      "drops the background altogether. Errors on real K/V: `capture_error(keys, values, "
                      "queries)`.")
-    results["failures"], results["errors"], results["checks"], results["notes"] = \
-        rep.failures, rep.errors, rep.checks, rep.notes
-    results["_report"] = rep
-    md = render_markdown(results)
-    del results["_report"]
-    results["markdown"] = md
-    results["paths"] = [C.write_json("attention", results, out_dir), C.write_text("attention.md", md, out_dir)]
-    if update_readme:
-        results["paths"].append(C.update_readme_section("attention", md))
-    return results
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (< 3 minutes)")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads for every library (default 2)")
-    ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
-    ap.add_argument("--update-readme", action="store_true",
-                    help="rewrite the attention section of benchmarks/README.md")
-    args = ap.parse_args(argv)
-    res = run(quick=args.quick, threads=args.threads, out_dir=args.out, update_readme=args.update_readme)
-    print(res["markdown"])
-    for p in res["paths"]:
-        C.progress(f"wrote {p}")
-    if res["failures"] or res["errors"]:
-        for f in res["failures"]:
-            print(f"FAILED: {f}", file=sys.stderr)
-        for e in res["errors"]:
-            print(e, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    results["plots"] = []
+    if any("times" in r for r in results["runs"]):
+        try:
+            results["plots"].append(plot_latency(results, out))
+        except ImportError as e:
+            rep.notes.append(f"plot: matplotlib {C.missing(e)}")
+    return C.finish(results, rep, render_markdown(results, rep), out, results["plots"])

@@ -1,109 +1,44 @@
 #!/usr/bin/env python
-"""Hashing benchmarks: hashlab against its peers, side by side in one process.
+"""Hashing suite: hashlab's hash families against their peers, side by side in one process.
 
 1. SimHash keys (d=128, k=10, l=150: MagicPIG's shape): hashlab gaussian and hadamard
-   vs numpy and torch (X @ W > 0, then packing), hadamard's collision rate vs 1 - theta/pi,
-   numpy's sgemm alone for scale.
+   vs numpy and torch (X @ W > 0, then packing), numpy's sgemm alone for scale; the
+   per-bit collision rate of both kinds against 1 - theta/pi over a sweep of angles
+   (plot ``hashing_collision.png``).
 2. 1024 sign bits per row: hashlab SimHash.bits vs faiss IndexLSH (rotation + signs).
 3. DWTA on very sparse rows (135,909 features, ~75 non-zeros; no peer), and densified
-   MinHash vs datasketch.
-4. LSH table queries vs faiss IndexBinaryMultiHash on the same binary codes (candidate
-   sets checked equal).
+   MinHash vs datasketch: speed, and the collision rate of signatures against the
+   Jaccard similarity over a sweep (plot ``hashing_jaccard.png``, datasketch alongside).
 
-Every library runs on the same number of threads (default 2). Results go to
-benchmarks/results/hashing.{json,md}; ``--update-readme`` also rewrites the section
-between ``<!-- hashing:begin -->`` and ``<!-- hashing:end -->`` of benchmarks/README.md.
-
-Usage:  python benchmarks/bench_hashing.py [--quick] [--threads N] [--out DIR] [--update-readme]
-From Python:  run(quick=False, threads=2, out_dir=None) -> results dict.
-
-A peer that cannot be imported is reported as "not available: <error>"; a mismatch
-between hashlab's output and a peer's (keys, candidate sets) is reported as FAILED and
-makes main() exit with status 1.
+LSH tables (insert / query against faiss) are the ``tables`` suite. Every library runs
+on the same number of threads. ``run(quick, threads, out)`` writes <out>/hashing.json,
+hashing.md and the two plots. A peer that cannot be imported is reported as "not
+available: <error>"; a mismatch between hashlab's output and a peer's is reported as
+FAILED (results["failures"]).
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import sys
-import traceback
+import pathlib
 
-if __package__:
-    from . import _common as C
-else:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common as C
+import numpy as np
+import scipy.sparse as sp
 
-DEFAULT_THREADS = 2
-
-
-def _argv_threads(argv):
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return str(DEFAULT_THREADS)
-
-
-# OpenMP/OpenBLAS/MKL read these once, when loaded: set them before numpy is imported.
-C.limit_threads_env(_argv_threads(sys.argv) if __name__ == "__main__" else DEFAULT_THREADS)
-
-import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-
-hashlab = C.import_hashlab()
+from . import _common as C
 
 MAGICPIG_NOTE = "MagicPIG's CPU path takes 16 s per layer to hash 96K keys on this machine"
 
 CONFIGS = {
     "full": dict(n_simhash=100_000, n_pairs=5_000, n_dwta=200_000, n_minhash=100_000, n_ds_pairs=100,
-                 n_table=100_000, n_query=10_000, repeat=3),
-    "quick": dict(n_simhash=50_000, n_pairs=2_000, n_dwta=100_000, n_minhash=50_000, n_ds_pairs=25,
-                  n_table=100_000, n_query=10_000, repeat=2),
+                 n_sweep_pairs=2_000, n_ds_sweep=20, repeat=3),
+    "quick": dict(n_simhash=20_000, n_pairs=1_000, n_dwta=50_000, n_minhash=20_000, n_ds_pairs=20,
+                  n_sweep_pairs=500, n_ds_sweep=5, repeat=2),
+    # for the CLI's tests: seconds
+    "tiny": dict(n_simhash=2_000, n_pairs=200, n_dwta=2_000, n_minhash=2_000, n_ds_pairs=5,
+                 n_sweep_pairs=100, n_ds_sweep=2, repeat=1),
 }
 KEY_MATCH_MIN = 0.999  # fraction of keys that must equal hashlab's (bits within rounding of 0 may flip)
 ANGLES = (0.3, math.pi / 3, math.pi / 2, 2.5)
-
-
-class Report:
-    """Collects table rows, checks and failures of one run."""
-
-    def __init__(self):
-        self.rows = []      # (task, hashlab, peer, speed-up, target)
-        self.checks = []    # (name, value, ok)
-        self.failures = []  # FAILED: mismatches
-        self.errors = []    # unexpected exceptions
-        self.notes = []
-
-    def row(self, task, ours, peer, speedup=None, target=None, met=None, failed=False):
-        """One table row; failed=True marks a row whose outputs did not match (FAILED)."""
-        if failed:
-            sp_txt = "**FAILED** (outputs differ)"
-        elif speedup is None:
-            sp_txt = "-"
-        elif isinstance(speedup, str):
-            sp_txt = speedup
-        else:
-            sp_txt = f"{speedup:.0f}x" if speedup >= 100 else f"{speedup:.2f}x"
-        if target is None:
-            tg = "-"
-        elif failed:
-            tg = f"{target}: n/a"
-        else:
-            tg = f"{target}: " + ("met" if met else "**missed**")
-        self.rows.append([task, ours, peer, sp_txt, tg])
-
-    def check(self, name, value, ok):
-        self.checks.append([name, value, "ok" if ok else "**FAILED**"])
-        if not ok:
-            self.failures.append(f"{name}: {value}")
-            C.progress(f"FAILED: {name}: {value}")
-
-
-def _missing(e):
-    return f"not available: {type(e).__name__}: {e}"
 
 
 def _ratio(peer_t, ours_t):
@@ -206,7 +141,7 @@ def bench_simhash(cfg, rep, res):
         Xt, Wt = torch.from_numpy(X), torch.from_numpy(W)
         fns["torch"] = lambda: torch_keys(Xt, Wt, k, l).numpy().astype(np.uint32)
     except ImportError as e:
-        res["torch"] = _missing(e)
+        res["torch"] = C.missing(e)
     T = C.compare_times(fns, r)
     (t_g, ts, keys), (t_h, ts_h, _), t_sgemm = T["gaussian"], T["hadamard"], T["sgemm"][0]
     res.update(n=n, d=d, k=k, l=l, hashlab_gaussian_s=t_g, hashlab_gaussian_all_s=ts,
@@ -300,7 +235,7 @@ def bench_indexlsh(cfg, rep, res):
         index.train(X)
         fns["faiss"], setups["faiss"] = (lambda: index.add(X)), index.reset
     except ImportError as e:
-        res["faiss"] = _missing(e)
+        res["faiss"] = C.missing(e)
     T = C.compare_times(fns, r, setups=setups)
     times = {kind: T[kind][0] for kind in ("gaussian", "hadamard")}
     res.update(n=n, nbits=nbits, hashlab_gaussian_s=times["gaussian"], hashlab_hadamard_s=times["hadamard"])
@@ -387,8 +322,8 @@ def bench_minhash(cfg, rep, res):
     try:
         import datasketch
     except ImportError as e:
-        res["datasketch"] = _missing(e)
-        rep.row(task, ours, "datasketch: " + _missing(e))
+        res["datasketch"] = C.missing(e)
+        rep.row(task, ours, "datasketch: " + C.missing(e))
         return
     byte_sets = [[int(e).to_bytes(8, "little") for e in s] for s in sets]  # encoding not timed
 
@@ -423,198 +358,139 @@ def bench_minhash(cfg, rep, res):
         s_b = rate / (len(sets) / t_b)
         res["speedup_vs_datasketch_update_batch"] = s_b
         rep.row(task, ours, f"datasketch MinHash.update_batch: {C.fmt_rate(len(sets) / t_b, 'sets/s')}", s_b)
-    rep.checks.append([f"Jaccard estimate, datasketch ({n_pairs} pairs, J={j_true:.3f})",
-                       f"mean {est_d.mean():.3f}, mean abs err {res['datasketch']['jaccard_mae']:.3f}", "info"])
+    rep.info(f"Jaccard estimate, datasketch ({n_pairs} pairs, J={j_true:.3f})",
+             f"mean {est_d.mean():.3f}, mean abs err {res['datasketch']['jaccard_mae']:.3f}")
 
 
 # ---------------------------------------------------------------------------
-# 4. LSH tables vs faiss IndexBinaryMultiHash
+# 4. collision probability sweeps (plots)
 # ---------------------------------------------------------------------------
 
-def _csr_pairs(indptr, ids):
-    """(query, id) pairs of a CSR result, sorted: equal arrays <=> equal candidate sets."""
-    indptr = np.asarray(indptr, dtype=np.int64)
-    q = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
-    ids = np.asarray(ids, dtype=np.int64)
-    o = np.lexsort((ids, q))
-    return q[o], ids[o]
+SWEEP_ANGLES = tuple(np.linspace(0.1, math.pi - 0.1, 13))
+SWEEP_JACCARD = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
-def bench_tables(cfg, rep, res):
+def pairs_with_jaccard(rng, m, size, j, universe=1 << 20):
+    """CSR (2m, universe) of m pairs of sets of ``size`` ids sharing s ids, s/(2*size-s) ~= j
+    (rows 2i and 2i+1 are a pair); returns (CSR, exact Jaccard)."""
+    shared = int(round(2 * size * j / (1 + j)))
+    sets = []
+    for _ in range(m):
+        elems = rng.choice(universe, size=2 * size - shared, replace=False)
+        sets += [np.sort(elems[:size]), np.sort(elems[size - shared:])]
+    indptr = np.arange(0, size * len(sets) + 1, size, dtype=np.int64)
+    P = sp.csr_matrix((np.ones(indptr[-1], np.float32), np.concatenate(sets).astype(np.int32), indptr),
+                      shape=(len(sets), universe))
+    return P, shared / (2 * size - shared)
+
+
+def bench_sweeps(cfg, rep, res, out, plots):
+    """Collision rate against theory: SimHash bits vs 1 - theta/pi, MinHash values vs J."""
     from hashlab import SimHash
-    from hashlab.tables import LSHTables
-    d, k, l, n, nq, r = 128, 16, 8, cfg["n_table"], cfg["n_query"], cfg["repeat"]
-    rng = np.random.default_rng(5)
-    X = rng.standard_normal((n, d), dtype=np.float32)
-    Q = rng.standard_normal((nq, d), dtype=np.float32)
-    h = SimHash(d, k, l, seed=0)
-    keys, qkeys = h.hash(X), h.hash(Q)
-    ids = np.arange(n, dtype=np.int32)
-    task = f"table queries, {l} tables x {k} bits, n={n:,}, {nq:,} queries"
-    res.update(n=n, n_query=nq, k=k, l=l)
-
-    nb = k * l
+    from hashlab.minhash import MinHash
+    d, m = 128, cfg["n_sweep_pairs"]
+    rng = np.random.default_rng(6)
+    hs = {kind: SimHash(d, 16, 16, kind=kind, seed=0) for kind in ("gaussian", "hadamard")}
+    angle = []
+    for theta in SWEEP_ANGLES:
+        x, y = unit_pairs(rng, m, d, float(theta))
+        angle.append(dict(theta=float(theta), theory=1 - theta / math.pi,
+                          **{kind: bit_collision_rate(h, x, y) for kind, h in hs.items()}))
+    mh = MinHash(4, 32, seed=0)
+    jac = []
     try:
-        import faiss
+        import datasketch
     except ImportError as e:
-        faiss = None
-        res["faiss"] = _missing(e)
-
-    # builds, then queries, each timed round-robin with the peer
-    holder = {}
-
-    def fresh():
-        holder["T"] = LSHTables(h, bucket_capacity=65535, range_bits=16)
-
-    def ffresh():
-        holder["I"] = faiss.IndexBinaryMultiHash(nb, l, k)
-
-    fns, setups = {"hashlab": lambda: holder["T"].insert_keys(ids, keys)}, {"hashlab": fresh}
-    if faiss is not None:
-        codes = np.ascontiguousarray(np.ascontiguousarray(h.bits(X)).view(np.uint8)[:, :nb // 8])
-        qcodes = np.ascontiguousarray(np.ascontiguousarray(h.bits(Q)).view(np.uint8)[:, :nb // 8])
-        fns["faiss"], setups["faiss"] = (lambda: holder["I"].add(codes)), ffresh
-    B = C.compare_times(fns, r, setups=setups)
-    T, t_ins = holder["T"], B["hashlab"][0]
-    st = T.stats()
-    rep.check("hashlab tables dropped nothing (bucket_capacity 65535)", f"{st['dropped']} dropped",
-              st["dropped"] == 0)
-    nbytes = T.nbytes
-    Tf = LSHTables(h, bucket_capacity=65535, range_bits=16)  # a second copy, frozen
-    Tf.insert_keys(ids, keys)
-    t_fr, _, _ = C.best_time(Tf.freeze, r, setup=Tf.thaw)
-    nbytes_f = Tf.nbytes
-
-    fns = {"hashlab": lambda: T.query_keys(qkeys, min_collisions=1),
-           "hashlab frozen": lambda: Tf.query_keys(qkeys, min_collisions=1)}
-    if faiss is not None:
-        index = holder["I"]
-        fns["faiss"] = lambda: index.range_search(qcodes, nb)  # radius nb: every candidate
-    Q_ = C.compare_times(fns, r)
-    t_q, _, (ip, hid, cnt) = Q_["hashlab"]
-    t_qf, _, (ipf, hidf, cntf) = Q_["hashlab frozen"]
-    same = (np.array_equal(ip, ipf) and np.array_equal(hid, hidf) and np.array_equal(cnt, cntf))
-    rep.check("hashlab frozen query == thawed query (ids, counts, order)", "identical" if same else "differ",
-              same)
-    res.update(hashlab_insert_s=t_ins, hashlab_query_s=t_q, hashlab_freeze_s=t_fr, hashlab_frozen_query_s=t_qf,
-               hashlab_nbytes=nbytes, hashlab_frozen_nbytes=nbytes_f, mean_candidates=float(ip[-1]) / nq,
-               code_bytes=n * nb // 8)
-    if faiss is None:
-        rep.row(task, f"{C.fmt_rate(nq / t_q, 'q/s')}; frozen {C.fmt_rate(nq / t_qf, 'q/s')}",
-                "faiss: " + res["faiss"], failed=not same)
+        datasketch = None
+        res["datasketch"] = C.missing(e)
+    for j in SWEEP_JACCARD:
+        P, jt = pairs_with_jaccard(rng, m, 100, j)
+        sig = mh.signatures(P)
+        pt = dict(jaccard=jt, hashlab=float((sig[0::2] == sig[1::2]).mean()))
+        if datasketch is not None:  # pure Python: a few pairs only
+            est = []
+            for i in range(cfg["n_ds_sweep"]):
+                a, b = (datasketch.MinHash(num_perm=128, seed=1) for _ in range(2))
+                a.update_batch([int(e).to_bytes(8, "little") for e in P.indices[P.indptr[2 * i]:P.indptr[2 * i + 1]]])
+                b.update_batch([int(e).to_bytes(8, "little") for e in P.indices[P.indptr[2 * i + 1]:P.indptr[2 * i + 2]]])
+                est.append(a.jaccard(b))
+            pt["datasketch"] = float(np.mean(est))
+        jac.append(pt)
+    dev_a = max(abs(p[k] - p["theory"]) for p in angle for k in hs)
+    dev_j = max(abs(p["hashlab"] - p["jaccard"]) for p in jac)
+    res.update(pairs=m, angle=angle, jaccard=jac, simhash_max_dev=dev_a, minhash_max_dev=dev_j)
+    rep.row(f"collision rate sweep: SimHash bits at {len(angle)} angles, MinHash values at {len(jac)} Jaccard "
+            f"values, {m:,} pairs each", f"max abs dev from theory: SimHash {dev_a:.4f}, MinHash {dev_j:.4f}",
+            "theory: 1 - theta/pi, J", None, "<= 0.03", max(dev_a, dev_j) <= 0.03)
+    try:
+        plt = C.pyplot()
+    except ImportError as e:
+        rep.notes.append(f"plots: matplotlib {C.missing(e)}")
         return
-    t_fadd = B["faiss"][0]
-    t_fq, _, (lims, _, fI) = Q_["faiss"]
-    a, b = _csr_pairs(ip, hid), _csr_pairs(lims, fI)
-    equal = all(np.array_equal(x, y) for x, y in zip(a, b))
-    if not equal:
-        nbad = sum(1 for i in range(nq) if not np.array_equal(
-            np.sort(hid[ip[i]:ip[i + 1]]), np.sort(fI[lims[i]:lims[i + 1]])))
-        detail = f"{nbad} of {nq:,} queries differ ({a[1].size:,} hashlab vs {b[1].size:,} faiss candidates)"
-    else:
-        detail = f"all {nq:,} queries equal ({a[1].size:,} candidates)"
-    rep.check("candidate sets hashlab == faiss IndexBinaryMultiHash (same codes)", detail, equal)
-    res.update(faiss_add_s=t_fadd, faiss_query_s=t_fq, candidate_sets_equal=bool(equal),
-               speedup_query_vs_faiss=_ratio(t_fq, t_q), speedup_frozen_query_vs_faiss=_ratio(t_fq, t_qf),
-               speedup_insert_vs_faiss=_ratio(t_fadd, t_ins))
-    peer = f"faiss IndexBinaryMultiHash range_search: {C.fmt_rate(nq / t_fq, 'q/s')}"
-    rep.row(task, f"query_keys: {C.fmt_rate(nq / t_q, 'q/s')} ({ip[-1] / nq:.1f} candidates/query)", peer,
-            res["speedup_query_vs_faiss"], ">= 2x", res["speedup_query_vs_faiss"] >= 2, failed=not equal)
-    rep.row(task, f"frozen query_keys: {C.fmt_rate(nq / t_qf, 'q/s')} (freeze {C.fmt_time(t_fr)})", peer,
-            res["speedup_frozen_query_vs_faiss"], ">= 2x", res["speedup_frozen_query_vs_faiss"] >= 2,
-            failed=not (equal and same))
-    rep.row(f"table build, {n:,} ids x {l} tables", f"insert_keys: {C.fmt_time(t_ins)}; "
-            f"nbytes {C.fmt_bytes(nbytes)} (frozen {C.fmt_bytes(nbytes_f)}) for {C.fmt_bytes(codes.nbytes)} "
-            f"of codes", f"faiss add: {C.fmt_time(t_fadd)}", res["speedup_insert_vs_faiss"])
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    th = np.linspace(0, math.pi, 100)
+    ax.plot(th, 1 - th / math.pi, "k-", lw=1, label="theory 1 - theta/pi")
+    for kind, mk in (("gaussian", "o"), ("hadamard", "s")):
+        ax.plot([p["theta"] for p in angle], [p[kind] for p in angle], mk, mfc="none", label=f"hashlab {kind}")
+    ax.set_xlabel("angle theta (rad)")
+    ax.set_ylabel("P[sign bit equal]")
+    ax.set_title(f"SimHash per-bit collision rate, d={d}, {m:,} pairs per angle", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    plots.append(C.save_figure(fig, out, "hashing_collision.png"))
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.plot([0, 1], [0, 1], "k-", lw=1, label="theory: J")
+    ax.plot([p["jaccard"] for p in jac], [p["hashlab"] for p in jac], "o", mfc="none",
+            label=f"hashlab MinHash (128 values, {m:,} pairs)")
+    if datasketch is not None:
+        ax.plot([p["jaccard"] for p in jac], [p["datasketch"] for p in jac], "x",
+                label=f"datasketch MinHash ({cfg['n_ds_sweep']} pairs)")
+    ax.set_xlabel("Jaccard similarity J")
+    ax.set_ylabel("P[MinHash value equal]")
+    ax.set_title("MinHash collision rate, sets of 100 ids", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    plots.append(C.save_figure(fig, out, "hashing_jaccard.png"))
 
 
 # ---------------------------------------------------------------------------
 
-SECTIONS = (
-    ("simhash", "1. SimHash keys vs numpy/torch", bench_simhash),
-    ("indexlsh", "2. 1024 bits vs faiss IndexLSH", bench_indexlsh),
-    ("dwta", "3a. DWTA on sparse rows", bench_dwta),
-    ("minhash", "3b. MinHash vs datasketch", bench_minhash),
-    ("tables", "4. LSH tables vs faiss IndexBinaryMultiHash", bench_tables),
-)
+TITLES = {"simhash": "1. SimHash keys vs numpy/torch", "indexlsh": "2. 1024 bits vs faiss IndexLSH",
+          "dwta": "3a. DWTA on sparse rows", "minhash": "3b. MinHash vs datasketch",
+          "sweeps": "4. collision rate vs angle / Jaccard"}
 
 
-def render_markdown(results) -> str:
-    rep = results["_report"]
+def render_markdown(results, rep) -> str:
     lines = [f"Machine: {C.machine_line(results['machine'])}. Mode: {results['mode']}; times are best of "
              f"{results['config']['repeat']} after a warm-up; speed-up = peer time / hashlab time "
              f"(> 1: hashlab faster).", ""]
     lines.append(C.markdown_table(["Benchmark", "hashlab", "Peer", "Speed-up", "Target"], rep.rows))
     if rep.checks:
         lines.append(C.markdown_table(["Check", "Result", "Status"], rep.checks))
-    for key, title, _ in SECTIONS:
-        st = results["sections"][key]["status"]
-        if st != "ok":
-            lines.append(f"- {title}: **{st}**")
-    for note in rep.notes:
-        lines.append(f"- {note}")
+    for name, cap in (("hashing_collision.png", "SimHash collision rate vs angle"),
+                      ("hashing_jaccard.png", "MinHash collision rate vs Jaccard")):
+        if any(p.endswith(name) for p in results["plots"]):
+            lines.append(f"![{cap}](results/{name})\n")
+    lines += C.section_notes(results, TITLES)
+    lines += [f"- {note}" for note in rep.notes]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def run(quick=False, threads=DEFAULT_THREADS, out_dir=None, update_readme=False):
-    """Runs every section; returns the results dict (also written to out_dir as
-    hashing.json and hashing.md). Never raises for a missing peer or a failing section:
-    see results["failures"] (mismatches) and results["errors"]."""
-    cfg = dict(CONFIGS["quick" if quick else "full"])
-    threads_set = C.set_threads(int(threads))
-    rep = Report()
-    results = {"benchmark": "hashing", "mode": "quick" if quick else "full", "config": cfg,
-               "machine": C.machine_info(int(threads)), "threads_set": threads_set, "sections": {}}
-    for key, title, fn in SECTIONS:
-        C.progress(title)
-        sec = {}
-        n_fail = len(rep.failures)
-        try:
-            fn(cfg, rep, sec)
-            sec["status"] = "ok" if len(rep.failures) == n_fail else "FAILED"
-        except ImportError as e:
-            sec["status"] = _missing(e)
-            C.progress(f"{title}: {sec['status']}")
-        except Exception as e:  # noqa: BLE001  (report and go on with the other sections)
-            sec["status"] = f"ERROR: {type(e).__name__}: {e}"
-            sec["traceback"] = traceback.format_exc()
-            rep.errors.append(f"{title}: {sec['status']}")
-            C.progress(f"{title}: {sec['status']}\n{sec['traceback']}")
-        results["sections"][key] = sec
-    results["failures"], results["errors"] = rep.failures, rep.errors
-    results["table"] = {"headers": ["Benchmark", "hashlab", "Peer", "Speed-up", "Target"], "rows": rep.rows}
-    results["checks"] = rep.checks
-    results["notes"] = rep.notes
-    results["_report"] = rep
-    md = render_markdown(results)
-    del results["_report"]
-    results["markdown"] = md
-    results["paths"] = [C.write_json("hashing", results, out_dir), C.write_text("hashing.md", md, out_dir)]
-    if update_readme:
-        results["paths"].append(C.update_readme_section("hashing", md))
-    return results
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (< 2 minutes)")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads for every library (default 2)")
-    ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
-    ap.add_argument("--update-readme", action="store_true",
-                    help="rewrite the hashing section of benchmarks/README.md")
-    args = ap.parse_args(argv)
-    res = run(quick=args.quick, threads=args.threads, out_dir=args.out, update_readme=args.update_readme)
-    print(res["markdown"])
-    for p in res["paths"]:
-        C.progress(f"wrote {p}")
-    if res["failures"] or res["errors"]:
-        for f in res["failures"]:
-            print(f"FAILED: {f}", file=sys.stderr)
-        for e in res["errors"]:
-            print(e, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run(quick: bool, threads: int | None, out: pathlib.Path, tiny: bool = False) -> dict:
+    """Runs every section; writes <out>/hashing.json, hashing.md and the plots
+    hashing_collision.png, hashing_jaccard.png. Returns the results dict. Never raises for a
+    missing peer or a failing section: see results["failures"] (mismatches) and
+    results["errors"]. tiny: seconds-long sizes (for tests; figures meaningless)."""
+    mode = "tiny" if tiny else "quick" if quick else "full"
+    cfg = dict(CONFIGS[mode])
+    rep, plots = C.Report(), []
+    results = C.start("hashing", mode, threads, cfg)
+    C.run_sections([
+        ("simhash", TITLES["simhash"], lambda sec: bench_simhash(cfg, rep, sec)),
+        ("indexlsh", TITLES["indexlsh"], lambda sec: bench_indexlsh(cfg, rep, sec)),
+        ("dwta", TITLES["dwta"], lambda sec: bench_dwta(cfg, rep, sec)),
+        ("minhash", TITLES["minhash"], lambda sec: bench_minhash(cfg, rep, sec)),
+        ("sweeps", TITLES["sweeps"], lambda sec: bench_sweeps(cfg, rep, sec, out, plots)),
+    ], rep, results, "hashing")
+    results["plots"] = plots
+    return C.finish(results, rep, render_markdown(results, rep), out, plots)

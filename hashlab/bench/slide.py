@@ -21,53 +21,33 @@ best P@1 minus 0.01 and their ratio, and how many dense evaluation points hashla
 (interpolated at the same training time) is ahead at; hashlab's final P@1/P@5 on the whole
 test set with mode="dense" and mode="lsh", and its number of table rebuilds.
 
-``--pilot`` tunes both systems on the quick data set (hashlab target_active x batch x lr,
-dense lr) with a short equal budget each and writes results/slide_pilot.{json,md}; the
-main run then uses the pilot's picks (best validation P@1 at the end of the budget).
+``pilot(threads, out)`` (``hashlab bench slide --pilot``) tunes both systems on the
+quick data set (hashlab target_active x batch x lr, dense lr) with a short equal budget
+each and writes <out>/slide_pilot.{json,md}; the run then uses the pilot's picks (best
+validation P@1 at the end of the budget), else DEFAULT_HASHLAB / DEFAULT_DENSE.
 
-Usage:  python benchmarks/bench_slide.py [--quick] [--pilot] [--threads N] [--out DIR]
-                                          [--budget SECONDS] [--update-readme]
-From Python:  run(quick=False, threads=2, out_dir=None) -> results dict;
-              pilot(threads=2, out_dir=None) -> pilot results dict.
-Results: benchmarks/results/slide.{json,md} and slide_p1_vs_time.png; ``--update-readme``
-rewrites the section between ``<!-- slide:begin -->`` and ``<!-- slide:end -->`` of
-benchmarks/README.md.
+``run(quick, threads, out)`` writes <out>/slide.json, slide.md and slide_p1_vs_time.png.
+The workers are this module run as ``python -m hashlab.bench.slide --worker CONFIG``.
 """
 from __future__ import annotations
 
-import argparse
+import ctypes
 import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 
-if __package__:
-    from . import _common as C
-else:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common as C
+import numpy as np
+import scipy.sparse as sp
 
-DEFAULT_THREADS = 2
+import hashlab
 
-
-def _argv_threads(argv):
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return str(DEFAULT_THREADS)
-
-
-# OpenMP/OpenBLAS/MKL read these once, when loaded: set them before numpy is imported.
-C.limit_threads_env(_argv_threads(sys.argv) if __name__ == "__main__" else DEFAULT_THREADS)
-
-import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
+from . import _common as C
 
 NAME = "slide"
 PNG = "slide_p1_vs_time.png"
@@ -77,15 +57,21 @@ EVAL_BATCH = 256       # rows per scoring batch in the curve evaluations (both s
 MAX_CHUNK_BATCHES = 64  # batches per timed training call, at most
 
 CONFIGS = {
-    # budget: training seconds per system; val: validation rows for the curves
-    "full": dict(n_train=200_000, n_test=5_000, n_features=100_000, n_labels=200_000, budget=720.0, val=2000),
-    "quick": dict(n_train=20_000, n_test=2_000, n_features=20_000, n_labels=20_000, budget=60.0, val=1000),
+    # budget: training seconds per system (the full suite must fit in an hour); val: validation rows
+    "full": dict(n_train=200_000, n_test=5_000, n_features=100_000, n_labels=200_000, budget=540.0, val=1000),
+    "quick": dict(n_train=20_000, n_test=2_000, n_features=20_000, n_labels=20_000, budget=12.0, val=500),
+    # the pilot's data (the quick data, a longer budget per candidate)
+    "pilot": dict(n_train=20_000, n_test=2_000, n_features=20_000, n_labels=20_000, budget=60.0, val=1000),
 }
-PILOT = dict(data="quick", budget=30.0, target_active=(512, 1024, 2048), batch_size=(128, 256),
+PILOT = dict(data="pilot", budget=30.0, target_active=(512, 1024, 2048), batch_size=(128, 256),
              lr=(1e-3, 3e-3, 1e-2), dense_lr=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1))
-# used when there is no pilot result (results/slide_pilot.json)
-DEFAULT_HASHLAB = dict(target_active=1024, batch_size=256, lr=1e-3)
-DEFAULT_DENSE = dict(lr=1e-3, batch_size=DENSE_BATCH)
+# used when there is no pilot result (slide_pilot.json): the picks of the 2026-11-22 pilot
+DEFAULT_HASHLAB = dict(target_active=512, batch_size=128, lr=3e-3)
+DEFAULT_DENSE = dict(lr=3e-2, batch_size=DENSE_BATCH)
+# hash family of the output layer's tables (not in the pilot grid; SparseMLP's default, named
+# here so that the report records it). The DWTA run of 2026-11-22 02:38 (720 s budget): 655
+# samples/s, P@1 0.150 after 331 s; SimHash at 05:24: 1910 samples/s, 0.144 after 43 s
+HASH = "simhash"
 TARGET_RATIO = 5.0     # hashlab must reach the dense best P@1 - 0.01 in <= 1/5 of the dense time
 TOLERANCE = 0.01
 
@@ -191,14 +177,13 @@ def _train_loop(budget, thresholds, batch_size, train_rows, stream, evaluate, la
 
 
 def _worker_hashlab(cfg, data):
-    hashlab = C.import_hashlab()
     from hashlab.slide import SparseMLP
     Xtr, Ytr, Xte, Yte, Xv, Yv = data
     p = cfg["params"]
     base = _proc_status()["VmRSS"]
     peak_reset = _reset_peak()
     m = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=(HIDDEN,), target_active=p["target_active"], lr=p["lr"],
-                  seed=cfg["seed"])
+                  hash=p.get("hash", HASH), seed=cfg["seed"])
     B = p["batch_size"]
 
     def train_rows(rows):
@@ -211,7 +196,7 @@ def _worker_hashlab(cfg, data):
     stream = _Stream(Xtr.shape[0], cfg["seed"] + 7)
     hist, t_train, samples, eval_s = _train_loop(cfg["budget"], cfg["thresholds"], B, train_rows, stream,
                                                  evaluate, "hashlab")
-    res = dict(system="hashlab", params=p, repr=repr(m), k=m.k, l=m.l, history=hist, train_s=t_train,
+    res = dict(system="hashlab", params=p, repr=repr(m), hash=m.hash, k=m.k, l=m.l, history=hist, train_s=t_train,
                samples=samples, samples_per_s=samples / t_train, epochs=samples / Xtr.shape[0],
                curve_eval_s=eval_s, rebuilds=m.rebuilds, steps=m.step, model_nbytes=m.nbytes,
                threads=hashlab.get_num_threads(), simd=hashlab.simd_level())
@@ -319,9 +304,9 @@ def _worker_dense(cfg, data):
 
 def worker_main(cfg_path):
     cfg = json.load(open(cfg_path))
-    hashlab = C.import_hashlab()
     hashlab.set_num_threads(cfg["threads"])
-    C._openblas_call("set_num_threads", __import__("ctypes").c_int(cfg["threads"]))
+    # OpenBLAS only: importing torch here would add to the hashlab worker's memory
+    C._openblas_call("set_num_threads", ctypes.c_int(cfg["threads"]))
     data = _load_data(cfg["data_dir"], cfg["val"])
     load0 = os.getloadavg()[0]
     try:
@@ -345,7 +330,6 @@ def worker_main(cfg_path):
 
 def make_data(cfg, data_dir, seed=0):
     """Generates the data set with make_xmc and stores its CSR arrays in data_dir."""
-    hashlab = C.import_hashlab()
     from hashlab.datasets import make_xmc
     t0 = time.perf_counter()
     Xtr, Ytr, Xte, Yte = make_xmc(cfg["n_train"], cfg["n_test"], cfg["n_features"], cfg["n_labels"], seed=seed)
@@ -374,10 +358,11 @@ def _spawn(system, params, cfg, data_dir, threads, budget, final_eval, seed=0, t
     env = dict(os.environ)
     for var in C.THREAD_ENV:
         env[var] = str(threads)
-    env["PYTHONPATH"] = C.REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # the worker imports this hashlab, installed or not
+    root = os.path.dirname(os.path.dirname(os.path.abspath(hashlab.__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", cfg_path, "--threads", str(threads)],
-                          env=env)
+    proc = subprocess.run([sys.executable, "-m", "hashlab.bench.slide", "--worker", cfg_path], env=env)
     if proc.returncode != 0 or not os.path.exists(result):
         return dict(system=system, params=params, status=f"ERROR: worker exited with status {proc.returncode}")
     res = json.load(open(result))
@@ -419,10 +404,9 @@ def compare(hl, dn):
                 hashlab_first_eval_s=float(th[1]) if th.size > 1 else None)
 
 
-def plot(hl, dn, cmp_, data, machine, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(hl, dn, cmp_, data, machine, out):
+    """P@1 vs training time of both systems; returns the PNG's path."""
+    plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for res, color in ((hl, "tab:red"), (dn, "tab:blue")):
         if res.get("status") != "ok":
@@ -449,10 +433,7 @@ def plot(hl, dn, cmp_, data, machine, path):
     ax.grid(alpha=0.3)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return C.save_figure(fig, out, PNG)
 
 
 def _fmt_t(s):
@@ -479,8 +460,8 @@ def render_markdown(r) -> str:
             rows.append([res["system"], res.get("status", "?")] + ["-"] * 7)
             continue
         p = res["params"]
-        conf = (f"target_active={p['target_active']}, batch {p['batch_size']}, lr {p['lr']:g} (k={res['k']}, "
-                f"l={res['l']})" if res["system"] == "hashlab" else
+        conf = (f"target_active={p['target_active']}, batch {p['batch_size']}, lr {p['lr']:g} "
+                f"({res.get('hash', 'dwta')}, k={res['k']}, l={res['l']})" if res["system"] == "hashlab" else
                 f"batch {p['batch_size']}, lr {p['lr']:g}, Adam{' (fused)' if res.get('fused_adam') else ''}")
         t_reach = None if not cmp_ else (cmp_["hashlab_time_s"] if res["system"] == "hashlab" else cmp_["dense_time_s"])
         rows.append([res["system"], conf, f"{res['samples_per_s']:.0f}",
@@ -551,10 +532,10 @@ def render_markdown(r) -> str:
 
 
 DESCRIPTION = """\
-## SLIDE training (`bench_slide.py`)
+## SLIDE training (`hashlab bench slide`)
 
-`python benchmarks/bench_slide.py [--quick] [--pilot] [--update-readme]` (full run ~40 min, `--quick` ~3 min,
-`--pilot` ~25 min). hashlab's `SparseMLP` (sparse input -> 128 ReLU -> LSH-selected output neurons,
+`hashlab bench slide [--quick] [--pilot]` (full run ~25 min, `--quick` ~1 min, `--pilot` ~25 min more;
+suite `hashlab/bench/slide.py`). hashlab's `SparseMLP` (sparse input -> 128 ReLU -> LSH-selected output neurons,
 lazy Adam) against a dense torch network of the same shape: `EmbeddingBag(mode="sum")` with the CSR
 values as per-sample weights, + bias, ReLU, `Linear(128, labels)`, full softmax cross-entropy against
 the uniform distribution over each row's labels, dense `torch.optim.Adam` (the EmbeddingBag has dense
@@ -574,12 +555,12 @@ and the gather form of the loss were chosen because they were the fastest dense 
 """
 
 
-def _pilot_path(out_dir, fallback=False):
-    """results/slide_pilot.json in out_dir; with fallback, the default results directory's
-    if out_dir has none."""
-    path = os.path.join(out_dir or C.RESULTS_DIR, f"{NAME}_pilot.json")
-    if fallback and not os.path.exists(path):
-        path = os.path.join(C.RESULTS_DIR, f"{NAME}_pilot.json")
+def _pilot_path(out, fallback=False):
+    """<out>/slide_pilot.json; with fallback, the source checkout's benchmarks/results one
+    if out has none."""
+    path = os.path.join(out, f"{NAME}_pilot.json")
+    if fallback and not os.path.exists(path) and C.results_dir() is not None:
+        path = os.path.join(C.results_dir(), f"{NAME}_pilot.json")
     return path
 
 
@@ -615,15 +596,18 @@ def _pick(cands, system):
     return max(ok, key=_pilot_score)["params"] if ok else None
 
 
-def pilot(threads=DEFAULT_THREADS, out_dir=None, budget=None):
-    """Tunes both systems on the quick data set; writes results/slide_pilot.{json,md}."""
+def pilot(threads: int | None, out: pathlib.Path, budget: float | None = None) -> dict:
+    """Tunes both systems on the pilot data set (budget: training seconds per candidate,
+    default PILOT["budget"]); writes <out>/slide_pilot.{json,md}; returns its dict with
+    "pick": {"hashlab": params, "dense": params}."""
     cfg = dict(CONFIGS[PILOT["data"]])
+    threads = C.resolve_threads(threads)
     budget = float(budget or PILOT["budget"])
     ths = [budget * i / 8 for i in range(1, 9)]
     # candidates of an earlier pilot on the same data and budget are reused (not rerun)
     old = {}
-    if os.path.exists(_pilot_path(out_dir)):
-        prev = json.load(open(_pilot_path(out_dir)))
+    if os.path.exists(_pilot_path(out)):
+        prev = json.load(open(_pilot_path(out)))
         same = prev.get("budget") == budget and prev.get("threads") == threads and all(
             prev["data"].get(k) == cfg[k] for k in ("n_train", "n_test", "n_features", "n_labels"))
         if same:
@@ -651,37 +635,40 @@ def pilot(threads=DEFAULT_THREADS, out_dir=None, budget=None):
              date=time.strftime("%Y-%m-%dT%H:%M:%S"), candidates=cands,
              pick=dict(hashlab=_pick(cands, "hashlab"), dense=_pick(cands, "dense torch")))
     p["markdown"] = _pilot_markdown(p)
-    p["paths"] = [C.write_json(f"{NAME}_pilot", p, out_dir), C.write_text(f"{NAME}_pilot.md", p["markdown"], out_dir)]
+    p["paths"] = [C.write_json(out, f"{NAME}_pilot", p), C.write_text(out, f"{NAME}_pilot.md", p["markdown"])]
     return p
 
 
-def run(quick=False, threads=DEFAULT_THREADS, out_dir=None, update_readme=False, budget=None, hashlab_params=None,
-        dense_params=None):
-    """Runs both systems; returns the results dict (also written to out_dir as slide.json,
-    slide.md and slide_p1_vs_time.png). Errors are in results["errors"]."""
-    cfg = dict(CONFIGS["quick" if quick else "full"])
+def run(quick: bool, threads: int | None, out: pathlib.Path, budget: float | None = None,
+        hashlab_params: dict | None = None, dense_params: dict | None = None) -> dict:
+    """Runs both systems, one after the other, each in its own process; writes
+    <out>/slide.json, slide.md and slide_p1_vs_time.png and returns the results dict.
+
+    budget: training seconds per system (default: the mode's); hashlab_params /
+    dense_params: override the pilot's picks (keys target_active, batch_size, lr / lr).
+    A system that cannot run (torch missing) is a note; worker failures are in
+    results["errors"]."""
+    mode = "quick" if quick else "full"
+    cfg = dict(CONFIGS[mode])
     if budget:
         cfg["budget"] = float(budget)
-    threads = int(threads)
-    machine = C.machine_info(threads)
     # parameters: explicit > pilot > defaults
-    hp, dp, source = dict(DEFAULT_HASHLAB), dict(DEFAULT_DENSE), "defaults (no pilot result)"
+    hp, dp, source = dict(DEFAULT_HASHLAB), dict(DEFAULT_DENSE), "defaults (the 2026-11-22 pilot's picks)"
     pil = None
-    if os.path.exists(_pilot_path(out_dir, fallback=True)):
-        pil = json.load(open(_pilot_path(out_dir, fallback=True)))
+    if os.path.exists(_pilot_path(out, fallback=True)):
+        pil = json.load(open(_pilot_path(out, fallback=True)))
         if pil["pick"].get("hashlab"):
             hp = dict(pil["pick"]["hashlab"])
         if pil["pick"].get("dense"):
             dp = dict(pil["pick"]["dense"])
         source = f"picked by the pilot (`results/{NAME}_pilot.json`, {pil['date']}; table below)"
-    if hashlab_params:
-        hp.update(hashlab_params)
-        source += "; overridden on the command line"
-    if dense_params:
-        dp.update(dense_params)
-        source += "; overridden on the command line" if not hashlab_params else ""
-    results = dict(benchmark=NAME, mode="quick" if quick else "full", config=cfg, machine=machine,
-                   params_source=source, errors=[])
+    if hashlab_params or dense_params:
+        hp.update(hashlab_params or {})
+        dp.update(dense_params or {})
+        source += "; overridden by the caller"
+    rep = C.Report()
+    results = C.start(NAME, mode, threads, cfg, params_source=source)
+    threads = results["machine"]["threads"]
     with tempfile.TemporaryDirectory(prefix="bench-slide-") as tmp:
         C.progress(f"generating the data set {cfg}")
         data = make_data(cfg, tmp)
@@ -694,68 +681,27 @@ def run(quick=False, threads=DEFAULT_THREADS, out_dir=None, update_readme=False,
         results["dense"] = _spawn("dense torch", dp, cfg, tmp, threads, cfg["budget"], True)
     hl, dn = results["hashlab"], results["dense"]
     for res in (hl, dn):
-        if res.get("status") != "ok":
-            results["errors"].append(f"{res['system']}: {res.get('status')}")
+        if str(res.get("status")).startswith("not available"):
+            rep.notes.append(f"{res['system']}: {res['status']} (skipped)")
+        elif res.get("status") != "ok":
+            rep.errors.append(f"{res['system']}: {res.get('status')}")
         elif not res.get("peak_reset"):
-            results["errors"].append(f"{res['system']}: could not reset VmHWM; peak RSS includes data loading")
+            rep.errors.append(f"{res['system']}: could not reset VmHWM; peak RSS includes data loading")
     if dn.get("status") == "ok" and not dn["loss_check"]["ok"]:
-        results["errors"].append(f"dense loss check FAILED: {dn['loss_check']}")
+        rep.check("dense loss: gather form == F.cross_entropy", str(dn["loss_check"]), False)
     results["comparison"] = compare(hl, dn) if hl.get("status") == "ok" and dn.get("status") == "ok" else None
-    out = out_dir or C.RESULTS_DIR
-    os.makedirs(out, exist_ok=True)
-    paths = []
+    plots = []
     if hl.get("status") == "ok" or dn.get("status") == "ok":
         try:
-            paths.append(plot(hl, dn, results["comparison"], data, machine, os.path.join(out, PNG)))
+            plots.append(plot(hl, dn, results["comparison"], data, results["machine"], out))
         except ImportError as e:
-            results["errors"].append(f"plot: matplotlib not available: {e}")
+            rep.notes.append(f"plot: matplotlib {C.missing(e)}")
+    results["errors"], results["notes"] = rep.errors, rep.notes
     md = DESCRIPTION + "\n### Results\n\n" + render_markdown(results)
     if pil is not None:
         md += "\n" + pil["markdown"]
-    results["markdown"] = md
-    results["paths"] = paths + [C.write_json(NAME, results, out_dir), C.write_text(f"{NAME}.md", md, out_dir)]
-    if update_readme:
-        results["paths"].append(C.update_readme_section(NAME, md))
-    return results
+    return C.finish(results, rep, md, out, plots)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if "--worker" in argv:
-        return worker_main(argv[argv.index("--worker") + 1])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="20K labels, 60 s per system (~3 minutes)")
-    ap.add_argument("--pilot", action="store_true", help="tune both systems on the quick data (~10 minutes)")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads for both systems (default 2)")
-    ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
-    ap.add_argument("--budget", type=float, default=None, help="training seconds per system (overrides the mode)")
-    ap.add_argument("--target-active", type=int, default=None, help="hashlab target_active (overrides the pilot)")
-    ap.add_argument("--batch-size", type=int, default=None, help="hashlab batch size (overrides the pilot)")
-    ap.add_argument("--lr", type=float, default=None, help="hashlab lr (overrides the pilot)")
-    ap.add_argument("--dense-lr", type=float, default=None, help="dense torch lr (overrides the pilot)")
-    ap.add_argument("--update-readme", action="store_true", help="rewrite the slide section of benchmarks/README.md")
-    args = ap.parse_args(argv)
-    if args.pilot:
-        p = pilot(threads=args.threads, out_dir=args.out, budget=args.budget)
-        print(p["markdown"])
-        print(f"picked: hashlab {p['pick']['hashlab']}, dense {p['pick']['dense']}")
-        for path in p["paths"]:
-            C.progress(f"wrote {path}")
-        return 0 if p["pick"]["hashlab"] and p["pick"]["dense"] else 1
-    hp = {k: v for k, v in (("target_active", args.target_active), ("batch_size", args.batch_size),
-                            ("lr", args.lr)) if v is not None}
-    dp = {"lr": args.dense_lr} if args.dense_lr is not None else {}
-    res = run(quick=args.quick, threads=args.threads, out_dir=args.out, update_readme=args.update_readme,
-              budget=args.budget, hashlab_params=hp or None, dense_params=dp or None)
-    print(res["markdown"])
-    for p in res["paths"]:
-        C.progress(f"wrote {p}")
-    if res["errors"]:
-        for e in res["errors"]:
-            print(e, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    sys.exit(worker_main(sys.argv[2]))

