@@ -15,25 +15,11 @@ import math
 
 import numpy as np
 import pytest
-from scipy.special import logsumexp
 
 from hashlab.attention import LSHKVIndex, fit_key_transform, sampling_probability
+from test_attention import np_dense  # the float64 dense reference
 
 pytest.importorskip("torch")
-
-
-def np_dense(Q, K, V, scale=None):
-    """float64 dense attention with GQA; returns (out, lse)."""
-    Q, K, V = (np.asarray(a, np.float64) for a in (Q, K, V))
-    H, d = Q.shape
-    G = H // K.shape[0]
-    scale = 1 / math.sqrt(d) if scale is None else scale
-    out, lse = np.zeros((H, d)), np.zeros(H)
-    for h in range(H):
-        z = scale * (K[h // G] @ Q[h])
-        lse[h] = logsumexp(z)
-        out[h] = np.exp(z - lse[h]) @ V[h // G]
-    return out, lse
 
 
 def anisotropic(rng, n_kv, n, nq, d=32, signal=8, noise=3.0):
