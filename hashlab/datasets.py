@@ -700,7 +700,6 @@ def labels_to_csr(Y, n_labels):
     total = int(lengths.sum())
     flat = np.asarray(list(itertools.chain.from_iterable(rows))) if total else np.zeros(0, np.int64)
     if flat.ndim != 1 or flat.dtype.kind not in "iu":
-        offs = np.concatenate([[0], np.cumsum(lengths)])
         for i, r in enumerate(rows):
             for v in r:
                 if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):

@@ -142,10 +142,10 @@ class SparseMLP:
     activation : "relu" | "tanh", for the hidden layers.
     hash : "simhash" (default) | "dwta" | "learned", the family hashing output neurons
         and activations ("learned": MONGOOSE LearnedSimHash + DriftScheduler, see the
-        module docstring). SimHash is the default: on the 200K-label benchmark it trains
-        ~3x more samples/s than DWTA (its k ~ 14-bit keys return small, better-aligned
-        candidate sets where DWTA's few-bit keys return large, near-random ones) and leaves
-        the early P@1 plateau ~3x sooner (benchmarks/README.md, slide and learned sections).
+        module docstring). SimHash is the default: on the 200K-label benchmark, trained
+        side by side on one stream, it leaves the early P@1 plateau ~2.5x sooner than DWTA
+        (P@1 0.15 after 26 s vs 66 s, 0.30 after 44 s vs 104 s) at about the same
+        samples/s; DWTA catches up after ~2 minutes (benchmarks/README.md, learned section).
     k, l : codes per key and tables; l defaults to 50 and k is chosen with
         hashlab.default_params so that about twice target_active neurons are
         retrieved for unrelated activations (then trimmed by collision count).

@@ -19,6 +19,8 @@ import sys
 import time
 import traceback
 
+import numpy as np
+
 import hashlab
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -95,7 +97,6 @@ def set_threads(n: int) -> dict:
     """
     hashlab.set_num_threads(n)
     got = {"hashlab": hashlab.get_num_threads()}
-    import numpy  # noqa: F401  (loads OpenBLAS)
     _openblas_call("set_num_threads", ctypes.c_int(n))
     blas = _openblas_call("get_num_threads")
     got["openblas"] = blas if blas is not None else "unknown"
@@ -409,3 +410,21 @@ def finish(results: dict, rep: Report, markdown: str, out: pathlib.Path, plots=(
     results["paths"] = [str(p) for p in plots]
     results["paths"] += [write_json(out, name, results), write_text(out, f"{name}.md", markdown)]
     return results
+
+
+def rerank(indptr, ids, Q, X, k, chunk=256):
+    """Exact top-k among each query's candidates (CSR indptr/ids): (nq, k) int64, -1 pads."""
+    nq = Q.shape[0]
+    out = np.full((nq, k), -1, dtype=np.int64)
+    for s in range(0, nq, chunk):
+        e = min(s + chunk, nq)
+        a, b = indptr[s], indptr[e]
+        counts = np.diff(indptr[s:e + 1])
+        qof = np.repeat(np.arange(s, e), counts)
+        c = ids[a:b]
+        score = np.einsum("ij,ij->i", X[c], Q[qof])
+        order = np.lexsort((-score, qof))  # by query, best first
+        rank = np.arange(order.size) - np.repeat(indptr[s:e] - a, counts)
+        keep = rank < k
+        out[qof[keep], rank[keep]] = c[order[keep]]
+    return out

@@ -28,8 +28,6 @@ import socket
 import tempfile
 import time
 
-import numpy as np
-
 from . import _common as C
 
 NAME = "distributed"

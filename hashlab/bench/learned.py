@@ -182,20 +182,7 @@ def lsh_search(tables, Q_hashed, Q_orig, X_orig, cap, k=TOPK, chunk=8):
     """LSH top-k (nq, k) int64: the candidates (at most cap per query) re-scored exactly, a few
     queries at a time (-1 pads queries with fewer than k candidates)."""
     indptr, ids, _ = tables.query(Q_hashed, max_candidates=cap)
-    nq = Q_orig.shape[0]
-    out = np.full((nq, k), -1, dtype=np.int64)
-    for s in range(0, nq, chunk):
-        e = min(s + chunk, nq)
-        a, b = indptr[s], indptr[e]
-        counts = np.diff(indptr[s:e + 1])
-        qof = np.repeat(np.arange(s, e), counts)
-        c = ids[a:b]
-        score = np.einsum("ij,ij->i", X_orig[c], Q_orig[qof])
-        order = np.lexsort((-score, qof))  # by query, best first
-        rank = np.arange(order.size) - np.repeat(indptr[s:e] - a, counts)
-        keep = rank < k
-        out[qof[keep], rank[keep]] = c[order[keep]]
-    return out
+    return C.rerank(indptr, ids, Q_orig, X_orig, k, chunk)
 
 
 def exact_one_at_a_time(Q, X, k=TOPK):

@@ -105,7 +105,6 @@ def smollm2_hidden(n_tokens):
 
 def bench_lm_head(cfg, rep, res, state):
     import torch
-    from hashlab.retrieval import OutputRetriever
     from hashlab.torch import LSHOutputHead
     H, W, path = smollm2_hidden(cfg["lm_tokens"])
     half = H.shape[0] // 2

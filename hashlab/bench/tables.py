@@ -157,22 +157,6 @@ def exact_topk(Q, X, k=TOPK, chunk=512):
     return out
 
 
-def rerank(indptr, ids, Q, X, k=TOPK, chunk=256):
-    """Exact top-k among each query's candidates (CSR indptr/ids): (nq, k) int64, -1 pads."""
-    nq = Q.shape[0]
-    out = np.full((nq, k), -1, dtype=np.int64)
-    for s in range(0, nq, chunk):
-        e = min(s + chunk, nq)
-        a, b = indptr[s], indptr[e]
-        counts = np.diff(indptr[s:e + 1])
-        qof = np.repeat(np.arange(s, e), counts)
-        c = ids[a:b]
-        score = np.einsum("ij,ij->i", X[c], Q[qof])
-        order = np.lexsort((-score, qof))  # by query, best first
-        rank = np.arange(order.size) - np.repeat(indptr[s:e] - a, counts)
-        keep = rank < k
-        out[qof[keep], rank[keep]] = c[order[keep]]
-    return out
 
 
 def recall_at(found, truth):
@@ -200,7 +184,7 @@ def bench_recall(cfg, rep, res, out, plots):
 
         def search():
             ip, cand, _ = T.query(Q)
-            return rerank(ip, cand, Q, X), ip[-1] / nq
+            return C.rerank(ip, cand, Q, X, TOPK), ip[-1] / nq
 
         t, _, (top, mc) = C.best_time(search, r)
         curves["hashlab LSHTables + re-rank"].append(dict(param=f"k={k}", recall=recall_at(top, truth), qps=nq / t,
