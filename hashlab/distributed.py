@@ -688,15 +688,8 @@ class ShardedSparseMLP(SparseMLP):
                     ema = loss / nb if ema is None else 0.95 * ema + 0.05 * loss / nb
                     bar.update(nb)
                     elapsed = time.perf_counter() - t0 - eval_s
-                    post = {"loss": f"{ema:.3f}", "samples/s": f"{seen / elapsed:.0f}"}
-                    if val is not None and ((bi + 1) % eval_every == 0 or bi == n_batches - 1):
-                        te = time.perf_counter()
-                        p1 = self.evaluate(*val, ks=(1,))["P@1"]
-                        eval_s += time.perf_counter() - te
-                        post["val P@1"] = f"{p1:.4f}"
-                        self.history.append({"time": train_time + elapsed, "step": self.step,
-                                             "samples": prior + seen, "loss": ema, "P@1": p1})
-                    bar.set_postfix(post, refresh=False)
+                    due = val is not None and ((bi + 1) % eval_every == 0 or bi == n_batches - 1)
+                    eval_s += self._report_progress(bar, val if due else None, ema, seen, elapsed, train_time, prior)
                 if checkpoint is not None:
                     self.save(checkpoint)
         finally:

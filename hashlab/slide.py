@@ -453,16 +453,8 @@ class SparseMLP:
                     ema = loss / idx.size if ema is None else 0.95 * ema + 0.05 * loss / idx.size
                     bar.update(idx.size)
                     elapsed = time.perf_counter() - t0 - eval_s
-                    post = {"loss": f"{ema:.3f}", "samples/s": f"{seen / elapsed:.0f}"}
-                    last = b == n_batches - 1
-                    if val is not None and ((b + 1) % eval_every == 0 or last):
-                        te = time.perf_counter()
-                        p1 = self.evaluate(*val, ks=(1,))["P@1"]
-                        eval_s += time.perf_counter() - te
-                        post["val P@1"] = f"{p1:.4f}"
-                        self.history.append({"time": train_time + elapsed, "step": self.step,
-                                             "samples": prior + seen, "loss": ema, "P@1": p1})
-                    bar.set_postfix(post, refresh=False)
+                    due = val is not None and ((b + 1) % eval_every == 0 or b == n_batches - 1)
+                    eval_s += self._report_progress(bar, val if due else None, ema, seen, elapsed, train_time, prior)
                     if checkpoint is not None and checkpoint_every is not None and self.step % checkpoint_every == 0:
                         self.save(checkpoint)
                     if interrupted:
@@ -476,6 +468,19 @@ class SparseMLP:
         if checkpoint is not None:
             self.save(checkpoint)
         return self
+
+    def _report_progress(self, bar, val, ema, seen, elapsed, train_time, prior):
+        """Progress-bar figures; with val (X_val, Y_val), also P@1 appended to history (clock
+        stopped). Returns the seconds the evaluation took."""
+        post = {"loss": f"{ema:.3f}", "samples/s": f"{seen / elapsed:.0f}"}
+        te = time.perf_counter()
+        if val is not None:
+            p1 = self.evaluate(*val, ks=(1,))["P@1"]
+            post["val P@1"] = f"{p1:.4f}"
+            self.history.append({"time": train_time + elapsed, "step": self.step, "samples": prior + seen,
+                                 "loss": ema, "P@1": p1})
+        bar.set_postfix(post, refresh=False)
+        return time.perf_counter() - te
 
     def _validation_subset(self, validation, eval_size):
         """(X_val, Y_val) -> a fixed random subset of at most eval_size of its rows, or None."""

@@ -412,6 +412,31 @@ def finish(results: dict, rep: Report, markdown: str, out: pathlib.Path, plots=(
     return results
 
 
+def render_report(results: dict, rep: Report, titles: dict, intro: str, headers, plots=(), extra=()) -> str:
+    """A suite's markdown: intro line, rows table (headers), checks table, plots (filename,
+    caption) that were written, extra lines, then the sections that did not end ok and notes."""
+    lines = [intro, "", markdown_table(headers, rep.rows)]
+    if rep.checks:
+        lines.append(markdown_table(["Check", "Result", "Status"], rep.checks))
+    for name, cap in plots:
+        if any(str(p).endswith(name) for p in results.get("plots", ())):
+            lines.append(f"![{cap}](results/{name})\n")
+    lines += list(extra)
+    lines += section_notes(results, titles)
+    lines += [f"- {note}" for note in rep.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+SPEEDUP_INTRO = ("Machine: {machine}. Mode: {mode}; times are best of {repeat} after a warm-up; speed-up = peer "
+                 "time / hashlab time (> 1: hashlab faster).")
+SPEEDUP_HEADERS = ["Benchmark", "hashlab", "Peer", "Speed-up", "Target"]
+
+
+def speedup_intro(results: dict) -> str:
+    return SPEEDUP_INTRO.format(machine=machine_line(results["machine"]), mode=results["mode"],
+                                repeat=results["config"]["repeat"])
+
+
 def rerank(indptr, ids, Q, X, k, chunk=256):
     """Exact top-k among each query's candidates (CSR indptr/ids): (nq, k) int64, -1 pads."""
     nq = Q.shape[0]

@@ -461,19 +461,9 @@ TITLES = {"simhash": "1. SimHash keys vs numpy/torch", "indexlsh": "2. 1024 bits
 
 
 def render_markdown(results, rep) -> str:
-    lines = [f"Machine: {C.machine_line(results['machine'])}. Mode: {results['mode']}; times are best of "
-             f"{results['config']['repeat']} after a warm-up; speed-up = peer time / hashlab time "
-             f"(> 1: hashlab faster).", ""]
-    lines.append(C.markdown_table(["Benchmark", "hashlab", "Peer", "Speed-up", "Target"], rep.rows))
-    if rep.checks:
-        lines.append(C.markdown_table(["Check", "Result", "Status"], rep.checks))
-    for name, cap in (("hashing_collision.png", "SimHash collision rate vs angle"),
-                      ("hashing_jaccard.png", "MinHash collision rate vs Jaccard")):
-        if any(p.endswith(name) for p in results["plots"]):
-            lines.append(f"![{cap}](results/{name})\n")
-    lines += C.section_notes(results, TITLES)
-    lines += [f"- {note}" for note in rep.notes]
-    return "\n".join(lines).rstrip() + "\n"
+    return C.render_report(results, rep, TITLES, C.speedup_intro(results), C.SPEEDUP_HEADERS,
+                           plots=(("hashing_collision.png", "SimHash collision rate vs angle"),
+                                  ("hashing_jaccard.png", "MinHash collision rate vs Jaccard")))
 
 
 def run(quick: bool, threads: int | None, out: pathlib.Path, tiny: bool = False) -> dict:

@@ -422,19 +422,15 @@ TITLES = {"smollm2": "SmolLM2-135M LM head: learned vs random SimHash",
 
 
 def render_markdown(results, rep) -> str:
-    lines = [f"Machine: {C.machine_line(results['machine'])}. Mode: {results['mode']}; times are best of "
-             f"{results['config']['repeat']} after a warm-up.", ""]
-    lines.append(C.markdown_table(["Benchmark", "Random SimHash / baseline", "LearnedSimHash / hashlab",
-                                   "Gain", "Target"], rep.rows))
-    if rep.checks:
-        lines.append(C.markdown_table(["Check", "Result", "Status"], rep.checks))
+    intro = (f"Machine: {C.machine_line(results['machine'])}. Mode: {results['mode']}; times are best of "
+             f"{results['config']['repeat']} after a warm-up.")
+    extra = []
     sparse = results.get("sections", {}).get("sparse_training", {})
     if sparse.get("rows"):
         from . import learned_slide
-        lines += ["", "#### SparseMLP: learned vs random hashing", "", learned_slide.markdown(sparse)]
-    lines += C.section_notes(results, TITLES)
-    lines += [f"- {note}" for note in rep.notes]
-    return "\n".join(lines).rstrip() + "\n"
+        extra = ["", "#### SparseMLP: learned vs random hashing", "", learned_slide.markdown(sparse)]
+    return C.render_report(results, rep, TITLES, intro, ["Benchmark", "Random SimHash / baseline",
+                                                         "LearnedSimHash / hashlab", "Gain", "Target"], extra=extra)
 
 
 def run(quick: bool, threads: int | None, out: pathlib.Path) -> dict:

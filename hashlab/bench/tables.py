@@ -254,17 +254,8 @@ TITLES = {"multihash": "1. LSH tables vs faiss IndexBinaryMultiHash", "recall": 
 
 
 def render_markdown(results, rep) -> str:
-    lines = [f"Machine: {C.machine_line(results['machine'])}. Mode: {results['mode']}; times are best of "
-             f"{results['config']['repeat']} after a warm-up; speed-up = peer time / hashlab time "
-             f"(> 1: hashlab faster).", ""]
-    lines.append(C.markdown_table(["Benchmark", "hashlab", "Peer", "Speed-up", "Target"], rep.rows))
-    if rep.checks:
-        lines.append(C.markdown_table(["Check", "Result", "Status"], rep.checks))
-    if any(p.endswith("tables_recall_qps.png") for p in results["plots"]):
-        lines.append("![recall vs queries/s](results/tables_recall_qps.png)\n")
-    lines += C.section_notes(results, TITLES)
-    lines += [f"- {note}" for note in rep.notes]
-    return "\n".join(lines).rstrip() + "\n"
+    return C.render_report(results, rep, TITLES, C.speedup_intro(results), C.SPEEDUP_HEADERS,
+                           plots=(("tables_recall_qps.png", "recall vs queries/s"),))
 
 
 def run(quick: bool, threads: int | None, out: pathlib.Path, tiny: bool = False) -> dict:
