@@ -45,7 +45,13 @@ Search
   closest. This is the collision count of one-bit tables, the statistically most
   efficient use of the bits when the top class is only slightly better aligned than
   the rest (language-model heads), at O(n * bits / 64) word operations per query.
-- ``"auto"`` (default): "scan" for at most 2^17 classes, else "tables".
+  The kernel (``_C.hamming_topm``) is linear per query: a cut-off estimated on a
+  sample of the codes, one pass keeping the rows under it, a counting sort; batches of
+  queries share each block of codes in cache.
+- ``"auto"`` (default): "scan". Above 2^17 classes it keeps 256 bits per class and
+  re-scores 2,000 candidates (measured 2026-11-22: a 670K x 128 layer at 0.72 ms/query,
+  13x dense, P@1 1.00 of dense; a 200K-label SparseMLP at P@1 equal to dense where
+  "tables" reached 0.36 of it); up to 2^17, 2,048 bits and 2% of the classes.
 
 ``max_candidates`` defaults to ``ceil(target_fraction * n_classes)``; a query with
 fewer than ``k`` candidates is scored densely (exact).
@@ -76,12 +82,14 @@ from .tables import LSHTables
 
 __all__ = ["OutputRetriever", "dense_topk"]
 
-SCAN_MAX_CLASSES = 1 << 17          # "auto" scans up to this many classes
+LARGE_LAYER = 1 << 17               # above: fewer scan bits and a fixed candidate count
 BALANCE_POWER = 0.25               # P = S^(+-1/4)
 DEFAULT_FRACTION = {"scan": 0.02, "tables": 0.005}
 DEFAULT_SCAN_BITS = 2048
+LARGE_SCAN_BITS = 256
+LARGE_SCAN_CANDIDATES = 2000
 DEFAULT_TABLES_L = 64
-_SCAN_CHUNK_BYTES = 32 << 20       # Hamming distances materialised per query chunk
+MAX_SCAN_BITS = 1023 * 64           # the scan kernel's limit (16-bit distances)
 _DENSE_CHUNK = 65536
 LEARNED_SCAN_K = 8                 # bits per table in the fitting objective of a learned "scan"
 
@@ -198,11 +206,13 @@ class OutputRetriever:
     bias : (n_classes,) float array, or None
     k, l : int, optional
         Bits per table key and tables ("tables"), or together the k*l sign bits per
-        class ("scan": default 32 x 64 = 2048). For "tables", ``l`` defaults to 64 and
-        ``k`` is chosen with ``hashlab.default_params`` from ``target_fraction``.
+        class ("scan": default 32 x 64 = 2048, or 32 x 8 = 256 above 2^17 classes). For
+        "tables", ``l`` defaults to 64 and ``k`` is chosen with ``hashlab.default_params``
+        from ``target_fraction``.
     target_fraction : float in (0, 1], optional
-        Fraction of the classes scored exactly per query (default 0.02 for "scan",
-        0.005 for "tables"); sets ``max_candidates`` unless that is given.
+        Fraction of the classes scored exactly per query (default 0.02 for "scan", or
+        2,000 classes above 2^17; 0.005 for "tables"); sets ``max_candidates`` unless
+        that is given.
     seed : int, seeds the hash functions.
     search : "auto" | "scan" | "tables" (see the module docstring).
     queries : (m, dim) float array, optional
@@ -243,9 +253,11 @@ class OutputRetriever:
             raise ValueError(f"queries: expected at least 2 calibration rows, got {Xq.shape[0]}")
         self.search = check_choice(search, "search", ("auto", "scan", "tables"))
         if self.search == "auto":
-            self.search = "scan" if n <= SCAN_MAX_CLASSES else "tables"
+            self.search = "scan"
         if target_fraction is None:
             target_fraction = DEFAULT_FRACTION[self.search]
+            if self.search == "scan" and n > LARGE_LAYER and max_candidates is None:
+                target_fraction = LARGE_SCAN_CANDIDATES / n
         self.target_fraction = check_float(target_fraction, "target_fraction", 0.0, 1.0, lo_open=True)
         self.seed = check_int(seed, "seed", 0, 2**63 - 1)
         self.kind = check_choice(kind, "kind", ("hadamard", "gaussian", "sparse"))
@@ -417,7 +429,8 @@ class OutputRetriever:
             self.hasher = hasher
         elif self.search == "scan":
             k = 32 if k is None else check_int(k, "k", 1, 32)
-            l = max(1, DEFAULT_SCAN_BITS // k) if l is None else check_int(l, "l", 1, 65535)
+            bits = DEFAULT_SCAN_BITS if self.n_classes <= LARGE_LAYER else LARGE_SCAN_BITS
+            l = max(1, bits // k) if l is None else check_int(l, "l", 1, 65535)
             self.hasher = SimHash(self.hash_dim, k, l, kind=self.kind, seed=self.seed)
         else:
             l = DEFAULT_TABLES_L if l is None else check_int(l, "l", 1, 65535)
@@ -438,6 +451,9 @@ class OutputRetriever:
         else:
             self.tables = None
             self.nbits = int(getattr(self.hasher, "nbits", self.hasher.key_bits * self.hasher.l))
+            if self.nbits > MAX_SCAN_BITS:
+                raise ValueError(f"k, l: search='scan' keeps at most {MAX_SCAN_BITS:,} bits per class, got "
+                                 f"{self.nbits:,}")
             self._bits = np.zeros((n, -(-self.nbits // 64)), dtype=np.uint64)
 
     def _index(self, rows, W=None, b=None, chunk=65536):
@@ -472,18 +488,8 @@ class OutputRetriever:
         return self._scan(self.hasher.bits(Q), m)
 
     def _scan(self, bq, m):
-        n, N = bq.shape[0], self.n_classes
-        m = min(m, N)
-        ids = np.empty((n, m), np.int32)
-        dist = np.empty((n, m), np.int32)
-        chunk = max(1, _SCAN_CHUNK_BYTES // (4 * N))
-        for s in range(0, n, chunk):
-            D = _hamming(bq[s:s + chunk], self._bits)
-            part = _smallest(D, m)
-            dp = np.take_along_axis(D, part, 1)
-            order = np.argsort(dp, axis=1, kind="stable")
-            ids[s:s + chunk] = np.take_along_axis(part, order, 1)
-            dist[s:s + chunk] = np.take_along_axis(dp, order, 1)
+        n, m = bq.shape[0], min(m, self.n_classes)
+        ids, dist = _C.hamming_topm(bq, self._bits, m)  # linear time per query, (distance, id) order
         indptr = np.arange(0, n * m + 1, m, dtype=np.int64)
         return indptr, ids.ravel(), (self.nbits - dist).ravel()
 
@@ -633,20 +639,6 @@ class OutputRetriever:
         return (f"OutputRetriever(n_classes={self.n_classes}, dim={self.dim}, search={self.search!r}, k={self.k}, "
                 f"l={self.l}, max_candidates={self.max_candidates}, bias={self.bias is not None}, "
                 f"calibrated={self.nu is not None}, learned={self.learned})")
-
-
-def _hamming(q, items):
-    """Hamming distances (nq, n_items) int32; few queries run in parallel over the items."""
-    if q.shape[0] < 4 * _C.get_num_threads():
-        return np.ascontiguousarray(_C.hamming(items, q).T)
-    return _C.hamming(q, items)
-
-
-def _smallest(D, m):
-    """Column indices of the m smallest entries of each row of D (unordered)."""
-    if m >= D.shape[1]:
-        return np.broadcast_to(np.arange(D.shape[1]), D.shape).copy()
-    return np.argpartition(D, m - 1, axis=1)[:, :m]
 
 
 def _hasher_bytes(h):

@@ -3,6 +3,7 @@
 #include "hashlab/simhash.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "dispatch.h"
@@ -111,6 +112,170 @@ void hamming_pairwise(const uint64_t* a, int64_t na, const uint64_t* b, int64_t 
     else if (s == Simd::avx2) avx2::hamming_rows(a, r0, r1, b, nb, nwords, out);
     else scalar::hamming_rows(a, r0, r1, b, nb, nwords, out);
   });
+}
+
+namespace {
+
+void hamming_hist_any(Simd s, const uint64_t* q, const uint64_t* b, int64_t j0, int64_t j1, int64_t nwords,
+                      int64_t nbins, uint16_t* dist, int32_t* hist) {
+  if (s == Simd::avx512) avx512::hamming_hist(q, b, j0, j1, nwords, nbins, dist, hist);
+  else if (s == Simd::avx2) avx2::hamming_hist(q, b, j0, j1, nwords, nbins, dist, hist);
+  else scalar::hamming_hist(q, b, j0, j1, nwords, nbins, dist, hist);
+}
+
+// Writes the m nearest rows of one query from its distances and their histogram (the four
+// interleaved ones, summed here): the cut-off distance c is the smallest with at least m
+// rows at distance <= c; rows below c go to their distance's slot (a counting sort), rows
+// at c fill the rest by id.
+void select_topm(const uint16_t* dist, const int32_t* hist4, int64_t nb, int64_t nbins, int64_t m,
+                 std::vector<int64_t>& pos, int32_t* ids, int32_t* out) {
+  auto h = [&](int64_t d) { return (int64_t)hist4[d] + hist4[nbins + d] + hist4[2 * nbins + d] + hist4[3 * nbins + d]; };
+  int64_t below = 0, c = 0;
+  for (; c < nbins - 1 && below + h(c) < m; ++c) below += h(c);
+  pos.assign(c + 1, 0);
+  for (int64_t d = 0, p = 0; d <= c; ++d) {
+    pos[d] = p;
+    p += h(d);
+  }
+  int64_t at_c = below;
+  for (int64_t j = 0; j < nb; ++j) {
+    const int64_t d = dist[j];
+    if (d < c) {
+      const int64_t k = pos[d]++;
+      ids[k] = (int32_t)j;
+      out[k] = (int32_t)d;
+    } else if (d == c && at_c < m) {
+      ids[at_c] = (int32_t)j;
+      out[at_c++] = (int32_t)d;
+    }
+  }
+}
+
+void hamming_below_any(Simd s, const uint64_t* q, const uint64_t* b, int64_t j0, int64_t j1, int64_t nwords,
+                       int cut, std::vector<uint64_t>& out) {
+  if (s == Simd::avx512) avx512::hamming_below(q, b, j0, j1, nwords, cut, out);
+  else if (s == Simd::avx2) avx2::hamming_below(q, b, j0, j1, nwords, cut, out);
+  else scalar::hamming_below(q, b, j0, j1, nwords, cut, out);
+}
+
+constexpr int64_t TOPM_SAMPLE = 8192;      // rows sampled to estimate each query's cut-off
+constexpr int64_t TOPM_GROUP = 8;          // queries sharing each block of rows (batch path)
+constexpr int64_t TOPM_BLOCK = 128 << 10;  // bytes of rows per block: stays in L2 across the group
+
+// Per-thread scratch of one query's selection.
+struct TopmScratch {
+  std::vector<uint16_t> dist;
+  std::vector<int32_t> hist;
+  std::vector<int64_t> pos;
+  std::vector<uint64_t> cand;  // distance << 32 | row, rows ascending
+};
+
+// Exact selection with a full pass: distances and their histogram, then select_topm.
+void topm_exact(Simd s, const uint64_t* q, const uint64_t* b, int64_t nb, int64_t nwords, int64_t m,
+                TopmScratch& w, int32_t* ids, int32_t* out) {
+  const int64_t nbins = nwords * 64 + 1;
+  w.dist.resize(nb);
+  w.hist.assign(4 * nbins, 0);
+  hamming_hist_any(s, q, b, 0, nb, nwords, nbins, w.dist.data(), w.hist.data());
+  select_topm(w.dist.data(), w.hist.data(), nb, nbins, m, w.pos, ids, out);
+}
+
+// A cut-off for one query from the sampled rows: the distance under which the sample
+// holds about twice its share of the m nearest rows, so that one pass usually collects
+// at least m rows. The result does not depend on it: a pass that collects fewer than m
+// is redone exactly (topm_exact).
+int estimate_cut(Simd s, const uint64_t* q, const std::vector<uint64_t>& sample, int64_t ns, int64_t nb,
+                 int64_t nwords, int64_t m, TopmScratch& w) {
+  const int64_t nbins = nwords * 64 + 1;
+  w.dist.resize(ns);
+  w.hist.assign(4 * nbins, 0);
+  hamming_hist_any(s, q, sample.data(), 0, ns, nwords, nbins, w.dist.data(), w.hist.data());
+  const int64_t want = std::min<int64_t>(ns, (int64_t)std::ceil(2.0 * (double)m * ns / nb) + 8);
+  int64_t cum = 0;
+  for (int64_t c = 0; c < nbins; ++c) {
+    cum += (int64_t)w.hist[c] + w.hist[nbins + c] + w.hist[2 * nbins + c] + w.hist[3 * nbins + c];
+    if (cum >= want) return (int)c;
+  }
+  return (int)(nbins - 1);
+}
+
+// The m first of the collected rows by (distance, row): a counting sort by distance,
+// stable in the rows' ascending order. False when fewer than m were collected.
+bool finish_topm(TopmScratch& w, int cut, int64_t m, int32_t* ids, int32_t* out) {
+  if ((int64_t)w.cand.size() < m) return false;
+  w.pos.assign(cut + 2, 0);
+  for (uint64_t e : w.cand) w.pos[(e >> 32) + 1]++;
+  for (int d = 0; d <= cut; ++d) w.pos[d + 1] += w.pos[d];
+  for (uint64_t e : w.cand) {
+    const int64_t k = w.pos[e >> 32]++;
+    if (k < m) {
+      ids[k] = (int32_t)(e & 0xffffffffu);
+      out[k] = (int32_t)(e >> 32);
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+void hamming_topm(const uint64_t* q, int64_t nq, const uint64_t* b, int64_t nb, int64_t nwords, int64_t m,
+                  int32_t* ids, int32_t* dist) {
+  check(nq >= 0 && nb >= 1 && nwords >= 1, "hamming_topm: expected non-empty rows");
+  check(nwords <= 1023, "hamming_topm: expected at most 1023 words (65,472 bits) per row");
+  check(m >= 1 && m <= nb, "hamming_topm: expected 1 <= m <= the number of rows");
+  check(nb < (int64_t(1) << 31), "hamming_topm: expected fewer than 2^31 rows");
+  if (nq == 0) return;
+  const Simd s = simd_level();
+  const int T = get_num_threads();
+  // the sample: evenly spaced rows, copied together
+  const int64_t ns = std::min(nb, TOPM_SAMPLE);
+  std::vector<uint64_t> sample(ns * nwords);
+  for (int64_t r = 0; r < ns; ++r)
+    std::copy(b + (r * nb / ns) * nwords, b + (r * nb / ns + 1) * nwords, sample.data() + r * nwords);
+  std::vector<TopmScratch> scratch(T);
+  const int64_t block = std::max<int64_t>(64, TOPM_BLOCK / (8 * nwords));
+  if (nq >= 2 * T) {
+    // many queries: groups of TOPM_GROUP per thread; each block of rows is read from memory
+    // once per group, not once per query
+    const int64_t ngroups = (nq + TOPM_GROUP - 1) / TOPM_GROUP;
+    std::vector<std::vector<TopmScratch>> gs(T, std::vector<TopmScratch>(TOPM_GROUP));
+    parallel_for(ngroups, 1, [&](int64_t g0, int64_t g1) {
+      auto& w = gs[thread_index()];
+      int cut[TOPM_GROUP];
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t i0 = g * TOPM_GROUP, i1 = std::min(nq, i0 + TOPM_GROUP);
+        for (int64_t i = i0; i < i1; ++i) {
+          cut[i - i0] = estimate_cut(s, q + i * nwords, sample, ns, nb, nwords, m, w[i - i0]);
+          w[i - i0].cand.clear();
+        }
+        for (int64_t j0 = 0; j0 < nb; j0 += block)
+          for (int64_t i = i0; i < i1; ++i)
+            hamming_below_any(s, q + i * nwords, b, j0, std::min(nb, j0 + block), nwords, cut[i - i0],
+                              w[i - i0].cand);
+        for (int64_t i = i0; i < i1; ++i)
+          if (!finish_topm(w[i - i0], cut[i - i0], m, ids + i * m, dist + i * m))
+            topm_exact(s, q + i * nwords, b, nb, nwords, m, w[i - i0], ids + i * m, dist + i * m);
+      }
+    });
+    return;
+  }
+  // few queries: each query's rows are split into parts run in parallel, collected in order
+  const int64_t nparts = std::min<int64_t>(4 * T, std::max<int64_t>(1, nb / 16384));
+  std::vector<TopmScratch> parts(nparts);
+  for (int64_t i = 0; i < nq; ++i) {
+    const int cut = estimate_cut(s, q + i * nwords, sample, ns, nb, nwords, m, scratch[0]);
+    parallel_for(nparts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        parts[p].cand.clear();
+        hamming_below_any(s, q + i * nwords, b, p * nb / nparts, (p + 1) * nb / nparts, nwords, cut, parts[p].cand);
+      }
+    });
+    TopmScratch& w = scratch[0];
+    w.cand.clear();
+    for (auto& p : parts) w.cand.insert(w.cand.end(), p.cand.begin(), p.cand.end());
+    if (!finish_topm(w, cut, m, ids + i * m, dist + i * m))
+      topm_exact(s, q + i * nwords, b, nb, nwords, m, w, ids + i * m, dist + i * m);
+  }
 }
 
 }  // namespace hashlab

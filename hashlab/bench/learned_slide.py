@@ -20,7 +20,7 @@ from hashlab.datasets import make_xmc
 
 SYSTEMS = ("learned", "simhash", "dwta")
 # full: the early phase at 200K labels, where the families differ most (keeps the suite's hour)
-FULL = dict(n_train=200_000, n_test=5_000, n_features=100_000, n_labels=200_000, budget=150.0, chunk_batches=60,
+FULL = dict(n_train=200_000, n_test=5_000, n_features=100_000, n_labels=200_000, budget=150.0, chunk_batches=120,
             rebuild_first=50, val=1000)
 # quick: small enough for minutes, with maintenance passes and a refit inside the budget
 QUICK = dict(n_train=10_000, n_test=1_000, n_features=10_000, n_labels=10_000, budget=12.0, chunk_batches=10,

@@ -72,6 +72,19 @@ void bind_simhash(py::module_& m) {
     }
     return out;
   }, py::arg("a"), py::arg("b"));
+
+  m.def("hamming_topm", [](carray<uint64_t> q, carray<uint64_t> b, int64_t m) {
+    require_shape(q, "q", {-1, -1});
+    require_shape(b, "b", {-1, q.shape(1)});
+    if (m < 1 || m > b.shape(0)) throw py::value_error("hamming_topm: expected 1 <= m <= the number of rows of b");
+    carray<int32_t> ids({q.shape(0), (py::ssize_t)m}), dist({q.shape(0), (py::ssize_t)m});
+    {
+      py::gil_scoped_release nogil;
+      hamming_topm(q.data(), q.shape(0), b.data(), b.shape(0), q.shape(1), m, ids.mutable_data(),
+                   dist.mutable_data());
+    }
+    return py::make_tuple(ids, dist);
+  }, py::arg("q"), py::arg("b"), py::arg("m"));
 }
 
 }  // namespace hashlab

@@ -3,6 +3,7 @@
 // src_cpp/simhash.cpp picks one at run time. Each works on rows [r0, r1).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #define HASHLAB_DECLARE_SIMHASH_KERNELS(ISA)                                                       \
   namespace hashlab {                                                                              \
@@ -17,6 +18,10 @@
                      int64_t n_rot, int64_t nbits, uint64_t* out);                                 \
   void hamming_rows(const uint64_t* a, int64_t r0, int64_t r1, const uint64_t* b, int64_t nb,     \
                     int64_t nwords, int32_t* out);                                                 \
+  void hamming_hist(const uint64_t* q, const uint64_t* b, int64_t j0, int64_t j1, int64_t nwords, \
+                    int64_t nbins, uint16_t* dist, int32_t* hist);                                 \
+  void hamming_below(const uint64_t* q, const uint64_t* b, int64_t j0, int64_t j1, int64_t nwords, \
+                     int cut, std::vector<uint64_t>& out);                                         \
   }                                                                                                \
   }
 

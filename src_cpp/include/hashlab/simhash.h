@@ -35,4 +35,10 @@ void bits_to_keys(const uint64_t* bits, int64_t n, int64_t nwords, int k, int l,
 void hamming_pairwise(const uint64_t* a, int64_t na, const uint64_t* b, int64_t nb, int64_t nwords,
                       int32_t* out);
 
+// The m rows of b nearest to each row of q in Hamming distance (1 <= m <= nb, nwords <= 1023):
+// ids[i, :] and dist[i, :] ordered by (distance, id). Linear time per query: a histogram
+// of the distances gives the cut-off, and one pass writes the rows below it in order.
+void hamming_topm(const uint64_t* q, int64_t nq, const uint64_t* b, int64_t nb, int64_t nwords, int64_t m,
+                  int32_t* ids, int32_t* dist);
+
 }  // namespace hashlab
