@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite the suite's section of benchmarks/README.md (automatic for full runs into "
                         "benchmarks/results)")
     b.add_argument("--pilot", action="store_true",
-                   help="slide only: tune both systems first (~25 minutes; the run uses the picks)")
+                   help="slide only: tune both systems first (~16 minutes; the run uses the picks)")
     b.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds-long sizes, for tests
     b.set_defaults(run=cmd_bench, subparser=b)
 

@@ -536,7 +536,7 @@ def render_markdown(r) -> str:
 DESCRIPTION = """\
 ## SLIDE training (`hashlab bench slide`)
 
-`hashlab bench slide [--quick] [--pilot]` (full run ~17 min, `--quick` ~1 min, `--pilot` ~25 min more;
+`hashlab bench slide [--quick] [--pilot]` (full run ~17 min, `--quick` ~1 min, `--pilot` ~16 min more;
 suite `hashlab/bench/slide.py`). hashlab's `SparseMLP` (sparse input -> 128 ReLU -> LSH-selected output neurons,
 lazy Adam) against a dense torch network of the same shape: `EmbeddingBag(mode="sum")` with the CSR
 values as per-sample weights, + bias, ReLU, `Linear(128, labels)`, full softmax cross-entropy against
