@@ -232,7 +232,6 @@ void hamming_topm(const uint64_t* q, int64_t nq, const uint64_t* b, int64_t nb, 
   std::vector<uint64_t> sample(ns * nwords);
   for (int64_t r = 0; r < ns; ++r)
     std::copy(b + (r * nb / ns) * nwords, b + (r * nb / ns + 1) * nwords, sample.data() + r * nwords);
-  std::vector<TopmScratch> scratch(T);
   const int64_t block = std::max<int64_t>(64, TOPM_BLOCK / (8 * nwords));
   if (nq >= 2 * T) {
     // many queries: groups of TOPM_GROUP per thread; each block of rows is read from memory
@@ -262,15 +261,15 @@ void hamming_topm(const uint64_t* q, int64_t nq, const uint64_t* b, int64_t nb, 
   // few queries: each query's rows are split into parts run in parallel, collected in order
   const int64_t nparts = std::min<int64_t>(4 * T, std::max<int64_t>(1, nb / 16384));
   std::vector<TopmScratch> parts(nparts);
+  TopmScratch w;
   for (int64_t i = 0; i < nq; ++i) {
-    const int cut = estimate_cut(s, q + i * nwords, sample, ns, nb, nwords, m, scratch[0]);
+    const int cut = estimate_cut(s, q + i * nwords, sample, ns, nb, nwords, m, w);
     parallel_for(nparts, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         parts[p].cand.clear();
         hamming_below_any(s, q + i * nwords, b, p * nb / nparts, (p + 1) * nb / nparts, nwords, cut, parts[p].cand);
       }
     });
-    TopmScratch& w = scratch[0];
     w.cand.clear();
     for (auto& p : parts) w.cand.insert(w.cand.end(), p.cand.begin(), p.cand.end());
     if (!finish_topm(w, cut, m, ids + i * m, dist + i * m))
