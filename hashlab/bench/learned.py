@@ -442,13 +442,17 @@ def run(quick: bool, threads: int | None, out: pathlib.Path) -> dict:
     rep = C.Report()
     plots = []
     results = C.start("learned", mode, threads, cfg)
-    C.run_sections([
+    sections = [
         ("smollm2", TITLES["smollm2"], lambda sec: bench_smollm2(cfg, rep, sec)),
         ("synthetic", TITLES["synthetic"], lambda sec: bench_synthetic(cfg, rep, sec)),
         ("scheduler", TITLES["scheduler"], lambda sec: bench_scheduler(cfg, rep, sec)),
         ("attention_keys", TITLES["attention_keys"], lambda sec: bench_attention_keys(quick, rep, sec)),
         ("sparse_training", TITLES["sparse_training"], lambda sec: bench_sparse_training(quick, out, rep, sec, plots)),
-    ], rep, results, "learned")
+    ]
+    if quick:  # its K/V capture (every layer, two 4K-token texts) alone takes ~2 min on a fresh machine
+        sections = [s for s in sections if s[0] != "attention_keys"]
+        rep.notes.append("--quick leaves out the SmolLM2 attention-key section (full runs only).")
+    C.run_sections(sections, rep, results, "learned")
     rep.notes.append("Recall is of the exact top-10 inner products; both hashers hash the same simple-LSH "
                      "reduction of the vectors; the learned hasher's candidates are capped with LSHTables "
                      "max_candidates (ids in the most tables first) at random SimHash's mean candidate count.")
