@@ -243,6 +243,15 @@ def pyplot():
     return plt
 
 
+def pyplot_or_note(rep, what: str):
+    """pyplot(), or None after noting in rep that matplotlib is missing (the plot is skipped)."""
+    try:
+        return pyplot()
+    except ImportError as e:
+        rep.notes.append(f"{what}: matplotlib {missing(e)}")
+        return None
+
+
 def save_figure(fig, out: pathlib.Path, filename: str) -> str:
     """Saves fig as <out>/<filename> (PNG) and closes it; returns the path."""
     out = pathlib.Path(out)

@@ -422,10 +422,8 @@ def bench_sweeps(cfg, rep, res, out, plots):
     rep.row(f"collision rate sweep: SimHash bits at {len(angle)} angles, MinHash values at {len(jac)} Jaccard "
             f"values, {m:,} pairs each", f"max abs dev from theory: SimHash {dev_a:.4f}, MinHash {dev_j:.4f}",
             "theory: 1 - theta/pi, J", None, "<= 0.03", max(dev_a, dev_j) <= 0.03)
-    try:
-        plt = C.pyplot()
-    except ImportError as e:
-        rep.notes.append(f"plots: matplotlib {C.missing(e)}")
+    plt = C.pyplot_or_note(rep, "plots")
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4.2))
     th = np.linspace(0, math.pi, 100)

@@ -232,10 +232,8 @@ def bench_recall(cfg, rep, res, out, plots):
                      f"points: " +
                      "; ".join(f"{k}: " + ", ".join(f"{p['param']} -> {p['recall']:.3f} @ {p['qps']:.0f} q/s"
                                                     for p in v) for k, v in curves.items() if v))
-    try:
-        plt = C.pyplot()
-    except ImportError as e:
-        rep.notes.append(f"plot: matplotlib {C.missing(e)}")
+    plt = C.pyplot_or_note(rep, "plot")
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for (name, pts), mk in zip(curves.items(), ("o-", "s-", "*")):
