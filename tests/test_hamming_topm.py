@@ -67,3 +67,12 @@ def test_bad_input_is_a_value_error(rng):
     with pytest.raises(ValueError, match="1023 words"):
         _C.hamming_topm(wide, wide, 1)
     assert _C.hamming_topm(b[:0], b, 3)[0].shape == (0, 3)
+
+
+def test_retriever_rejects_more_scan_bits_than_the_kernel_takes(rng):
+    from hashlab.retrieval import MAX_SCAN_BITS, OutputRetriever
+    W = rng.standard_normal((50, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="at most"):
+        OutputRetriever(W, search="scan", k=32, l=MAX_SCAN_BITS // 32 + 1)
+    r = OutputRetriever(W, search="scan", k=32, l=MAX_SCAN_BITS // 32)  # the limit itself is accepted
+    assert r.nbits == MAX_SCAN_BITS
