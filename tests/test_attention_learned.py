@@ -148,6 +148,17 @@ def test_fit_raises_recall_of_top_keys_without_sampling_more(fitted):
     assert c1 < 1.05 * c0, (c0, c1)
 
 
+def test_fit_uses_the_recent_queries(fitted):
+    """recent=r fits on the queries of the last r prompt positions only."""
+    _, K, _, Qp, _ = fitted
+    mk = lambda: LSHKVIndex(32, 2, k=6, l=40, window=16, learned=True)  # noqa: E731
+    a = mk().fit(Qp, K, recent=50, **FAST).transform
+    b = mk().fit(Qp[:, -50:], K, recent=10**6, **FAST).transform
+    c = mk().fit(Qp, K, recent=10**6, **FAST).transform
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
 def test_fit_on_isotropic_data_stays_near_identity():
     """Nothing to learn: with isotropic keys and queries the map stays close to I."""
     rng = np.random.default_rng(1)
@@ -208,3 +219,10 @@ def test_bad_input_and_call_order(fitted):
         fit_key_transform(np.ones((4, 8)), np.ones((10, 7)))
     with pytest.raises(ValueError):
         fit_key_transform(np.ones((4, 8)), np.ones((10, 8)), steps=-1)
+    for ratio in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="budget_ratio"):
+            fit_key_transform(np.ones((4, 8)), np.ones((10, 8)), budget_ratio=ratio)
+    with pytest.raises(ValueError, match="recent"):
+        mk().fit(Qp, K, recent=0)
+    with pytest.raises(TypeError, match="recent"):
+        mk().fit(Qp, K, recent=2.5)

@@ -43,7 +43,6 @@ struct AttnKernels {
   float (*dot_row)(const float* q, const void* row, bool bf16, int64_t d);
   void (*dots_row)(const float* Q, int64_t qs, int G, const void* row, bool bf16, int64_t d, float* out);
   void (*axpy_row)(float a, const void* row, bool bf16, float* y, int64_t d);
-  float (*centered_norm)(const void* row, bool bf16, const float* mu, int64_t d);  // |row - mu|
   // z[i] = scale * dots[i] - F(k log(1 - theta_i / pi)) - extra, cos theta_i =
   // (dots[i] - qmu) / (qnorm * norms[i]) (0 when the denominator is 0).
   void (*correct_logits)(const float* dots, const float* norms, int64_t n, float qmu, float qnorm, float scale,
