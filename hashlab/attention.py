@@ -23,9 +23,10 @@ fast Walsh-Hadamard; ``SimHash(kind="hadamard")``'s signs) instead of a dense Ga
 projection, so that hashing 96K keys takes well under a second instead of 16 s; a
 table's k bits come from k different rotations (k consecutive coordinates of one rotation
 are dependent and would make u 10-25% too large); Elias-Fano-coded tables at about k + 2
-bits per (key, table) instead of 32-bit ids (at l=150 about 235 bytes per key and KV head:
-~0.46x a bfloat16 KV cache at head_dim 128 and 96K tokens, where MagicPIG's is ~1.16x; the
-index does not depend on head_dim, so at head_dim 64 it is ~0.9x); the sampled sets of a GQA group merged so that every key/value row is read once
+bits per (key, table) instead of 32-bit ids (at l=150 about 235 bytes per key and KV head,
+plus 4 for the key's norm: ~0.46x a bfloat16 KV cache at head_dim 128 and 96K tokens,
+where MagicPIG's is ~1.16x; the index does not depend on head_dim, so at head_dim 64 it is
+~0.9x); the sampled sets of a GQA group merged so that every key/value row is read once
 per group; run-time SIMD dispatch (AVX-512 / AVX2 / SSE2), vectorised exp/log/acos; a
 run-time thread count (``hashlab.set_num_threads``); k up to 32; float32 or bfloat16 KV.
 
@@ -211,7 +212,12 @@ class LSHKVIndex:
     k, l : bits per table (1 .. 32) and tables (1 .. 65535); defaults 10 x 150 (MagicPIG).
     min_collisions : int, m in [0, min(l, 255)]: a key is sampled when it shares the query's
         bucket in at least m tables. m = 0 samples every indexed key with probability 1,
-        i.e. exact dense attention through the sampled path (a test hook).
+        i.e. exact dense attention through the sampled path (a test hook). A steeper
+        sampling curve (fewer bits, more tables and a larger m, e.g. k=5, l=200, m=16)
+        samples the keys near the query's direction more surely and the background less:
+        on SmolLM2 it halves the output error at the same number of sampled keys, but
+        buckets hold n / 2^k keys, so counting costs ~l n / 2^k per query head (6n at
+        5 x 200 against 0.15n at 10 x 150; benchmarks/README.md, SmolLM2 attention).
     sinks, window : int >= 0, the always-dense first and last tokens (4 and 64).
     seed : int >= 0, draws the rotations (``hasher``) and the subsampling of ``max_sampled``.
     max_sampled : None or int >= 1: at most this many sampled keys per query head; beyond
@@ -226,7 +232,7 @@ class LSHKVIndex:
 
     Attributes: ``transform`` ((n_kv_heads, head_dim, head_dim) float32 maps A, or None),
     ``hasher`` (the SimHash whose ``bits`` the codes are made of; see
-    ``table_bits``), ``nbytes`` (index memory: tables, means, signs),
+    ``table_bits``), ``nbytes`` (index memory: tables, key norms, means, signs),
     ``kv_nbytes`` (the stored keys and values), ``n_indexed``, ``n_segments``, ``len()``.
     """
 

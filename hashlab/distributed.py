@@ -444,14 +444,14 @@ class ShardedSparseMLP(SparseMLP):
 
     # -- configuration -----------------------------------------------------------------------
     def _configure(self, input_dim, output_dim, hidden, activation, hash, k, l, target_active, lr, seed,
-                   bucket_capacity, rebuild_first, rebuild_growth, bin_size, refit_threshold=0.1):
+                   bucket_capacity, rebuild_first, rebuild_growth, bin_size, refit_threshold=0.1, learn_after=800):
         rank, world = self._comm.rank, self._comm.world
         if check_choice(hash, "hash", HASHES) == "learned":
             raise ValueError("hash: 'learned' is not supported by ShardedSparseMLP; use 'dwta' or 'simhash'")
         if check_int(output_dim, "output_dim", 2, 2**31 - 2) < world:
             raise ValueError(f"output_dim: expected at least one label per rank ({world} ranks), got {output_dim}")
         super()._configure(input_dim, output_dim, hidden, activation, hash, k, l, target_active, lr, seed,
-                           bucket_capacity, rebuild_first, rebuild_growth, bin_size, refit_threshold)
+                           bucket_capacity, rebuild_first, rebuild_growth, bin_size, refit_threshold, learn_after)
         self.rank, self.world_size = rank, world
         self.label_lo, self.label_hi = label_range(self.output_dim, rank, world)
         self.n_local = self.label_hi - self.label_lo

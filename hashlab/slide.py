@@ -22,7 +22,11 @@ What differs from the original SLIDE code (see ../shared/reference.md section 3)
   rows touched since the last pass are fingerprinted (8-bit SimHash), only those
   whose fingerprint changed are re-hashed, and the hash function is refitted (one
   ``partial_fit`` epoch, then a full rebuild) only when the fingerprints of all rows
-  have drifted past ``refit_threshold`` since the last fit.
+  have drifted past ``refit_threshold`` since the last fit. The projection stays the
+  random one for the first ``learn_after`` batches (drift then only rebuilds the
+  tables): fitted on the fast-moving early weights, the MONGOOSE objective slowed
+  training several-fold (200K labels: P@1 0.03 against SimHash's 0.26 after 45 s),
+  fitted after 800 batches it did not (benchmarks/README.md, learned section).
 - Shuffled every epoch, evaluated on whole sets, configured at run time from Python.
 """
 from __future__ import annotations
@@ -157,27 +161,30 @@ class SparseMLP:
     bucket_capacity, rebuild_first, rebuild_growth : table capacity (default from
         default_params), batches before the first rehash, and the growth factor of
         the rehash period (capped at 4 * rebuild_first batches). For hash="learned",
-        the same schedule times the drift checks (the first one fits the hash).
+        the same schedule times the drift checks.
     refit_threshold : float in (0, 1], hash="learned" only: fraction of flipped
         fingerprint bits (over all output rows, since the last fit) that triggers a
         refit of the hash function and a full rebuild.
+    learn_after : int >= 0, hash="learned" only: batches trained on the random
+        projection before the first maintenance pass that fits it (default 800).
 
-    Attributes: ``rebuilds`` (table maintenance passes), ``refits`` and
+    Attributes: ``rebuilds`` (table maintenance passes), ``refits`` (drift-triggered full
+    rebuilds, each refitting the learned hash once it is trained) and
     ``rows_rehashed`` (rows whose keys were recomputed, all passes), ``history``.
     """
 
     def __init__(self, input_dim, output_dim, hidden=(128,), activation="relu", hash="simhash", k=None, l=None,
                  target_active=None, lr=1e-3, seed=0, bucket_capacity=None, rebuild_first=50,
-                 rebuild_growth=1.2, bin_size=8, refit_threshold=0.1):
+                 rebuild_growth=1.2, bin_size=8, refit_threshold=0.1, learn_after=800):
         self._configure(input_dim, output_dim, hidden, activation, hash, k, l, target_active, lr, seed,
-                        bucket_capacity, rebuild_first, rebuild_growth, bin_size, refit_threshold)
+                        bucket_capacity, rebuild_first, rebuild_growth, bin_size, refit_threshold, learn_after)
         self._init_params()
         self._build_tables()
         if self.hash == "learned":
             self._sched.update(np.arange(self.output_dim), self.out_w.w)
 
     def _configure(self, input_dim, output_dim, hidden, activation, hash, k, l, target_active, lr, seed,
-                   bucket_capacity, rebuild_first, rebuild_growth, bin_size, refit_threshold=0.1):
+                   bucket_capacity, rebuild_first, rebuild_growth, bin_size, refit_threshold=0.1, learn_after=800):
         self.input_dim = check_int(input_dim, "input_dim", 1, 2**31 - 2)
         self.output_dim = check_int(output_dim, "output_dim", 2, 2**31 - 2)
         if isinstance(hidden, (int, np.integer)):
@@ -196,6 +203,7 @@ class SparseMLP:
         self.rebuild_growth = check_float(rebuild_growth, "rebuild_growth", 1.0, 100.0)
         self.bin_size = check_int(bin_size, "bin_size", 2, 256)
         self.refit_threshold = check_float(refit_threshold, "refit_threshold", 0.0, 1.0, lo_open=True)
+        self.learn_after = check_int(learn_after, "learn_after", 0, None)
         # Many tables (SLIDE uses 50) so that collision counts rank the candidates;
         # k so that about twice target_active neurons are retrieved.
         self.l = 50 if l is None else check_int(l, "l", 1, 65535)
@@ -221,6 +229,7 @@ class SparseMLP:
             self._sched = DriftScheduler(d, bits=8, threshold=self.refit_threshold, seed=self.seed + 6)
             self._qbuf = np.zeros((_QUERY_BUFFER, d), np.float32)  # ring buffer of hidden activations
             self._qfill = 0
+            self._hash_fitted = False  # the first fit has run (after learn_after batches)
 
     def _lsh_items(self):
         """Output rows one set of tables holds (the whole layer here; a shard when sharded)."""
@@ -360,22 +369,27 @@ class SparseMLP:
         self._qbuf[pos] = take
         self._qfill += take.shape[0]
 
-    def _fit_hasher(self, first):
-        """Fits (first) or refits the learned hash on the buffered activations and the output rows,
-        then rebuilds the tables. Too few mined pairs (tiny layers whose tables already find
-        every top pair) keep the current projection."""
+    def _fit_hasher(self):
+        """Fits (first call: from the random projection in use) or refits the learned hash on the
+        buffered activations and the output rows, then rebuilds the tables. Too few mined pairs
+        (tiny layers whose tables already find every top pair) keep the current projection."""
         # the newest half of the buffer: mining costs queries x output rows inner products
         n = min(self._qfill, _QUERY_BUFFER // 2)
         Q = self._qbuf[(self._qfill - n + np.arange(n)) % _QUERY_BUFFER]
         kw = dict(bucket_capacity=self.bucket_capacity, mine_queries=256, max_pairs=4096, seed=self.seed + 7)
         try:
-            if first:
-                self.hasher.fit(Q, self.out_w.w, epochs=3, **kw)
+            if not self._hash_fitted:
+                self.hasher.fit(Q, self.out_w.w, epochs=3, init="random", **kw)
             else:
                 self.hasher.partial_fit(Q, self.out_w.w, epochs=1, **kw)
         except ValueError as e:
             if not str(e).startswith("fit: mined only"):
                 raise
+        self._hash_fitted = True
+        self._rebuild_all()
+
+    def _rebuild_all(self):
+        """Tables rebuilt over every output row with the current hash; drift counted from here."""
         self.refits += 1
         self._build_tables()
         self._sched.clear()
@@ -383,14 +397,17 @@ class SparseMLP:
         self.rows_rehashed += self.output_dim
 
     def _maintain_learned(self):
-        """Drift-driven maintenance: re-hash rows whose fingerprint changed; refit on drift."""
+        """Drift-driven maintenance: re-hash rows whose fingerprint changed; refit on drift (before
+        learn_after batches: keep the random projection and rebuild)."""
         rows = np.flatnonzero(self._dirty)
-        if self.refits == 0:
-            self._fit_hasher(first=True)
+        if not self._hash_fitted and self.step >= self.learn_after:
+            self._fit_hasher()
         else:
             changed, _ = self._sched.update(rows, self.out_w.w[rows])
-            if self._sched.should_refit:
-                self._fit_hasher(first=False)
+            if self._sched.should_refit and self._hash_fitted:
+                self._fit_hasher()
+            elif self._sched.should_refit:
+                self._rebuild_all()
             elif changed.size:
                 ids = changed.astype(np.int32)
                 keys = self.hasher.hash(self.out_w.w[ids])
@@ -553,7 +570,7 @@ class SparseMLP:
                     target_active=self.target_active, lr=self.lr, seed=self.seed,
                     bucket_capacity=self.bucket_capacity, rebuild_first=self.rebuild_first,
                     rebuild_growth=self.rebuild_growth, bin_size=self.bin_size,
-                    refit_threshold=self.refit_threshold)
+                    refit_threshold=self.refit_threshold, learn_after=self.learn_after)
 
     def save(self, path):
         """Writes the model, optimizer state, hash seeds and schedule to ``path`` (.npz).
@@ -572,6 +589,7 @@ class SparseMLP:
         if self.hash == "learned":
             h = self.hasher
             state.update(qfill=self._qfill, drift_bits=self._sched._drift_bits, hash_fit_seconds=h.fit_seconds_,
+                         hash_fitted=self._hash_fitted,
                          hash_loss_history=list(h.loss_history_))
             arrays.update(hash_W=h.W, qbuf=self._qbuf, sched_ids=self._sched._ids,
                           sched_codes=self._sched._codes, sched_base=self._sched._base)
@@ -635,6 +653,7 @@ class SparseMLP:
         self.hasher._set_W(np.asarray(z["hash_W"]))
         self.hasher.fit_seconds_ = float(state["hash_fit_seconds"])
         self.hasher.loss_history_ = [float(v) for v in state["hash_loss_history"]]
+        self._hash_fitted = bool(state.get("hash_fitted", self.hasher.loss_history_))
         if "hash_opt_m" in z.files:
             m, v = np.asarray(z["hash_opt_m"], np.float64), np.asarray(z["hash_opt_v"], np.float64)
             if m.shape != (self.hasher.dim, self.hasher.nbits) or v.shape != m.shape:

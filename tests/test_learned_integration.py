@@ -39,7 +39,7 @@ def xmc():
 def trained(xmc):
     Xtr, Ytr, _, _ = xmc
     m = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=(64,), hash="learned", target_active=128, lr=3e-3,
-                  rebuild_first=10, seed=0)
+                  rebuild_first=10, seed=0, learn_after=0)
     m.fit(Xtr, Ytr, epochs=1, batch_size=64, verbose=False)
     return m
 
@@ -63,15 +63,28 @@ def test_sparse_mlp_learned_tables_hold_current_keys_of_rehashed_rows(trained):
     m = trained
     # every row's stored keys are the learned hasher's keys of some past version of the
     # row; right after a refit (full rebuild) they are the current ones
-    m._fit_hasher(first=False)
+    m._fit_hasher()
     np.testing.assert_array_equal(m._keys, ref_keys(m.hasher.W, m.k, m.l, m.out_w.w))
     assert m.rows_rehashed <= (m.rebuilds + m.refits) * m.output_dim
+
+
+def test_sparse_mlp_learned_keeps_the_random_projection_until_learn_after(xmc):
+    """Before learn_after batches the hash is the untrained random projection (drift only
+    rebuilds the tables); the first maintenance pass after it fits the projection."""
+    Xtr, Ytr, _, _ = xmc
+    m = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=(32,), hash="learned", target_active=64, seed=4,
+                  rebuild_first=4, learn_after=12)
+    W0 = m.hasher.W.copy()
+    m.fit(Xtr[:640], Ytr[:640], epochs=1, batch_size=64, verbose=False)  # 10 batches
+    assert m.rebuilds >= 1 and np.array_equal(m.hasher.W, W0) and not m.hasher.loss_history_
+    m.fit(Xtr[640:1536], Ytr[640:1536], epochs=1, batch_size=64, verbose=False)  # to batch 24
+    assert m.hasher.loss_history_ and not np.array_equal(m.hasher.W, W0)
 
 
 def test_sparse_mlp_learned_rehashes_only_moved_rows(xmc):
     Xtr, Ytr, _, _ = xmc
     m = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=(32,), hash="learned", target_active=64, seed=3,
-                  rebuild_first=5)
+                  rebuild_first=5, learn_after=0)
     m.fit(Xtr[:640], Ytr[:640], epochs=1, batch_size=64, verbose=False)
     assert m.refits >= 1
     m._maintain_learned()  # flush the rows training touched since the last pass
@@ -91,7 +104,7 @@ def test_sparse_mlp_learned_rehashes_only_moved_rows(xmc):
 
 def test_sparse_mlp_learned_save_load_keeps_hash_state(tmp_path, xmc):
     Xtr, Ytr, Xte, _ = xmc
-    kw = dict(hidden=(32,), hash="learned", target_active=64, seed=5, rebuild_first=4)
+    kw = dict(hidden=(32,), hash="learned", target_active=64, seed=5, rebuild_first=4, learn_after=0)
     a = SparseMLP(Xtr.shape[1], Ytr.shape[1], **kw)
     a.fit(Xtr[:1024], Ytr[:1024], epochs=1, batch_size=64, verbose=False)
     assert a.refits >= 1 and a.hasher._opt is not None
@@ -123,6 +136,10 @@ def test_sparse_mlp_learned_bad_input():
         SparseMLP(10, 20, hash="learned", refit_threshold=0.0)
     with pytest.raises(ValueError):
         SparseMLP(10, 20, hash="learned", refit_threshold=1.5)
+    with pytest.raises(ValueError, match="learn_after"):
+        SparseMLP(10, 20, hash="learned", learn_after=-1)
+    with pytest.raises(TypeError, match="learn_after"):
+        SparseMLP(10, 20, hash="learned", learn_after=2.5)
     with pytest.raises(ValueError):
         SparseMLP(10, 20, hash="mongoose")
 
