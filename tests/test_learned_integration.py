@@ -112,6 +112,7 @@ def test_sparse_mlp_learned_save_load_keeps_hash_state(tmp_path, xmc):
     b = SparseMLP.load(tmp_path / "m.npz")
     np.testing.assert_array_equal(a.hasher.W, b.hasher.W)
     assert (a.refits, a.rows_rehashed, a.hasher.loss_history_) == (b.refits, b.rows_rehashed, b.hasher.loss_history_)
+    assert a._hash_fitted and b._hash_fitted  # a loaded model refits, it does not restart from random
     for part in ("m", "v", "t"):
         np.testing.assert_array_equal(a.hasher._opt[part], b.hasher._opt[part])
     for part in ("_ids", "_codes", "_base", "_drift_bits"):
@@ -120,8 +121,8 @@ def test_sparse_mlp_learned_save_load_keeps_hash_state(tmp_path, xmc):
     np.testing.assert_array_equal(a._keys, b._keys)
     np.testing.assert_array_equal(a.predict_topk(Xte, 5)[1], b.predict_topk(Xte, 5)[1])
     # a refit after loading continues from the saved optimiser state, as it would have
-    a._fit_hasher(first=False)
-    b._fit_hasher(first=False)
+    a._fit_hasher()
+    b._fit_hasher()
     np.testing.assert_array_equal(a.hasher.W, b.hasher.W)
     # a checkpoint that lost its hash state is refused, not silently re-randomised
     with np.load(tmp_path / "m.npz") as z:
