@@ -639,50 +639,9 @@ std::vector<SubGroup> make_subgroups(int64_t n_heads, int64_t n_kv) {
   return sgs;
 }
 
-// Per subgroup: the union of its heads' sorted id lists, ascending, with head masks (a
-// merge of the sorted lists: no per-token scratch).
-void unions(const std::vector<SubGroup>& sgs, const std::vector<std::vector<int32_t>>& sel, int64_t n_tokens,
-            std::vector<std::vector<int32_t>>& uids, std::vector<std::vector<uint32_t>>& umask) {
-  (void)n_tokens;
-  uids.assign(sgs.size(), {});
-  umask.assign(sgs.size(), {});
-  parallel_for((int64_t)sgs.size(), 1, [&](int64_t s0, int64_t s1) {
-    std::vector<const int32_t*> cur, end;
-    for (int64_t si = s0; si < s1; ++si) {
-      const SubGroup& sg = sgs[si];
-      cur.resize(sg.Gs);
-      end.resize(sg.Gs);
-      size_t total = 0;
-      for (int j = 0; j < sg.Gs; ++j) {
-        const auto& v = sel[sg.h0 + j];
-        cur[j] = v.data();
-        end[j] = v.data() + v.size();
-        total += v.size();
-      }
-      auto& ids = uids[si];
-      auto& mk = umask[si];
-      ids.reserve(total);
-      mk.reserve(total);
-      for (;;) {
-        int32_t lo = INT32_MAX;
-        for (int j = 0; j < sg.Gs; ++j)
-          if (cur[j] != end[j] && *cur[j] < lo) lo = *cur[j];
-        if (lo == INT32_MAX) break;
-        uint32_t m = 0;
-        for (int j = 0; j < sg.Gs; ++j)
-          if (cur[j] != end[j] && *cur[j] == lo) {
-            m |= 1u << j;
-            ++cur[j];
-          }
-        ids.push_back(lo);
-        mk.push_back(m);
-      }
-    }
-  });
-}
-
-// The same from per-head bitmaps (head h's nw words at sel[h * nw], n_sel[h] bits set):
-// one pass over the words of the subgroup's heads, no branchy merge.
+// Per subgroup: the union of its heads' selected tokens, ids ascending, with a bitmask of
+// heads per token, from per-head bitmaps (head h's nw words at sel[h * nw], n_sel[h] bits
+// set): one pass over the words of the subgroup's heads.
 void bitmap_unions(const std::vector<SubGroup>& sgs, const uint64_t* sel, const int64_t* n_sel, int64_t nw,
                    std::vector<std::vector<int32_t>>& uids, std::vector<std::vector<uint32_t>>& umask) {
   uids.assign(sgs.size(), {});
@@ -871,34 +830,35 @@ void topk_attention(const float* Q, int64_t n_heads, const void* Kp, const void*
   // NaN logits cannot be ordered (and would break nth_element): reject them first
   for (int64_t i = 0; i < n_heads * n; ++i)
     if (std::isnan(z[i])) fail("keys: expected finite values, got NaN or inf");
-  // per head: the budget largest, ids ascending (ties broken by position)
-  std::vector<std::vector<int32_t>> sel(n_heads);
+  // per head: the budget largest as a bitmap of nw words (ties broken by position)
+  const int64_t nw = (n + 63) / 64;
+  std::vector<uint64_t> sel((size_t)(n_heads * nw), 0);
+  std::vector<int64_t> n_sel(n_heads, 0);
   parallel_for(n_heads, 1, [&](int64_t h0, int64_t h1) {
     std::vector<float> c;
     for (int64_t h = h0; h < h1; ++h) {
       const float* zh = z.data() + h * n;
+      uint64_t* bm = sel.data() + h * nw;
       const int64_t kk = std::min(budget[h], n);
-      auto& s = sel[h];
+      n_sel[h] = kk;
       if (kk == 0) continue;
-      if (kk == n) {
-        s.resize(n);
-        std::iota(s.begin(), s.end(), 0);
-        continue;
+      float tau = -INFINITY;
+      int64_t ties = n;
+      if (kk < n) {
+        c.assign(zh, zh + n);
+        std::nth_element(c.begin(), c.begin() + (kk - 1), c.end(), std::greater<float>());
+        tau = c[kk - 1];
+        int64_t gt = 0;
+        for (int64_t i = 0; i < n; ++i) gt += zh[i] > tau;
+        ties = kk - gt;
       }
-      c.assign(zh, zh + n);
-      std::nth_element(c.begin(), c.begin() + (kk - 1), c.end(), std::greater<float>());
-      const float tau = c[kk - 1];
-      int64_t gt = 0;
-      for (int64_t i = 0; i < n; ++i) gt += zh[i] > tau;
-      int64_t ties = kk - gt;
-      s.reserve(kk);
       for (int64_t i = 0; i < n; ++i)
-        if (zh[i] > tau || (zh[i] == tau && ties-- > 0)) s.push_back((int32_t)i);
+        if (kk == n || zh[i] > tau || (zh[i] == tau && ties-- > 0)) bm[i >> 6] |= uint64_t(1) << (i & 63);
     }
   });
   std::vector<std::vector<int32_t>> uids;
   std::vector<std::vector<uint32_t>> umask;
-  unions(sgs, sel, n, uids, umask);
+  bitmap_unions(sgs, sel.data(), n_sel.data(), nw, uids, umask);
   run_attention(K, Kr, Vr, bf16, Q, n_heads, n_kv, d, scale, sgs, uids, umask, {}, 0, Correction{}, nullptr, out,
                 lse);
   check_output(out, lse, n_heads, d);
