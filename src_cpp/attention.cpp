@@ -478,30 +478,63 @@ struct Correction {
   const float* extra = nullptr;
 };
 
-// One part of a subgroup's keys: dense token ranges (every head) and a slice of the
-// sampled union (ids ascending, bit j of mask = head h0 + j). Writes per head
-// (max, sum of exp, sum of exp * v) into part[j * (d + 2) ...].
+// The sampled keys of one subgroup, read from its heads' bitmaps (head h0 + j's nw words
+// at sel[(h0 + j) * nw]) over the word range [w, w_end): the union, ids ascending, with a
+// bitmask of the heads that sampled each token (bit j = head h0 + j), a block at a time.
+struct UnionReader {
+  const uint64_t* b = nullptr;
+  int64_t nw = 0, w = 0, w_end = 0;
+  int Gs = 0;
+  uint64_t rem = 0;  // union bits of word w not yet returned
+  uint64_t hw[32];   // the heads' words w
+
+  UnionReader(const uint64_t* sel, int64_t nw_, const SubGroup& sg, int64_t w0, int64_t w1)
+      : b(sel + sg.h0 * nw_), nw(nw_), w(w0 - 1), w_end(w1), Gs(sg.Gs) {}
+
+  // Fills up to cap (ids, masks); returns how many (0 at the end).
+  int64_t next(int32_t* ids, uint32_t* masks, int64_t cap) {
+    int64_t n = 0;
+    while (n < cap) {
+      while (!rem) {
+        if (w + 1 >= w_end) return n;
+        ++w;
+        for (int j = 0; j < Gs; ++j) rem |= hw[j] = b[j * nw + w];
+      }
+      const int bit = __builtin_ctzll(rem);
+      rem &= rem - 1;
+      uint32_t m = 0;
+      for (int j = 0; j < Gs; ++j) m |= (uint32_t)((hw[j] >> bit) & 1) << j;
+      ids[n] = (int32_t)(w * 64 + bit);
+      masks[n++] = m;
+    }
+    return n;
+  }
+};
+
+// One part of a subgroup's keys: dense token ranges (every head) and the sampled keys
+// of a UnionReader (none if null). Writes per head (max, sum of exp, sum of exp * v)
+// into part[j * (d + 2) ...].
 //
-// Flash-decoding style: the union is processed in blocks of keys with a running max per
-// head: a key pass (logits, corrections) then a value pass over the block, each
-// prefetching its rows a few keys ahead.
+// Flash-decoding style: the sampled keys come in blocks with a running max per head: a
+// key pass (logits, then the corrections per head), then a value pass over the block.
+// The rows are prefetched PF keys ahead; the next block is decoded before the key pass
+// so that the prefetches run across block boundaries, and the first value rows of a
+// block are requested before its corrections are computed.
 void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16, const float* Q, int64_t d,
                  float scale, const SubGroup& sg, const std::vector<std::pair<int64_t, int64_t>>& ranges,
-                 const int32_t* ids, const uint32_t* masks, int64_t ns, const Correction& cor, float* part) {
+                 UnionReader* rd, const Correction& cor, float* part) {
   const int Gs = sg.Gs;
+  const int64_t g = sg.g;
   const float* Qs = Q + sg.h0 * d;
-  const int64_t PF = std::max<int64_t>(2, 2048 / std::max<int64_t>(Kr.row_bytes, 1));  // rows prefetched ahead
-  constexpr int64_t BLOCK = 256;
   const auto& vo = vector_ops();
-  std::vector<float> tmp(Gs), M(Gs, -INFINITY), S(Gs, 0.0f), acc((size_t)Gs * d, 0.0f);
-  // merges a block's logits (z[j * zs + i], i < n_j) into the running state; z becomes weights
+  std::vector<float> M(Gs, -INFINITY), S(Gs, 0.0f), acc((size_t)Gs * d, 0.0f);
+  // merges a block's logits (z[i], i < n_j) of head j into the running state; z becomes weights
   auto absorb = [&](int j, float* z, int64_t n_j) {
-    if (n_j == 0) return false;
     float mx = M[j];
     for (int64_t i = 0; i < n_j; ++i) mx = std::max(mx, z[i]);
     if (!(mx > -INFINITY)) {
       std::fill(z, z + n_j, 0.0f);
-      return false;
+      return;
     }
     if (mx > M[j]) {
       const float f = M[j] > -INFINITY ? std::exp(M[j] - mx) : 0.0f;
@@ -511,79 +544,90 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
       M[j] = mx;
     }
     S[j] += vo.exp_shift_sum(z, n_j, mx);
-    return true;
   };
   // dense keys: all heads
   int64_t nd = 0;
   for (auto& r : ranges) nd += r.second - r.first;
   if (nd) {
-    std::vector<float> zd((size_t)Gs * nd);
+    std::vector<float> zd((size_t)Gs * nd), tmp(Gs);
     int64_t i = 0;
     for (auto& r : ranges)
       for (int64_t t = r.first; t < r.second; ++t, ++i) {
-        K.dots_row(Qs, d, Gs, Kr.row(sg.g, t), bf16, d, tmp.data());
+        K.dots_row(Qs, d, Gs, Kr.row(g, t), bf16, d, tmp.data());
         for (int j = 0; j < Gs; ++j) zd[j * nd + i] = tmp[j] * scale;
       }
     for (int j = 0; j < Gs; ++j) absorb(j, zd.data() + j * nd, nd);
     i = 0;
     for (auto& r : ranges)
       for (int64_t t = r.first; t < r.second; ++t, ++i) {
-        const uint8_t* row = Vr.row(sg.g, t);
+        const uint8_t* row = Vr.row(g, t);
         for (int j = 0; j < Gs; ++j) K.axpy_row(zd[j * nd + i], row, bf16, acc.data() + j * d, d);
       }
   }
-  // sampled keys, in blocks
-  std::vector<int64_t> cnt(Gs + 1), cur(Gs);
-  std::vector<float> zdot, nrm, zs;
-  for (int64_t u = 0; u < std::min(ns, PF); ++u) {
-    prefetch_bytes(Kr.row(sg.g, ids[u]), Kr.row_bytes);
-    if (cor.on) __builtin_prefetch(cor.knorm + ids[u]);
-  }
-  for (int64_t b0 = 0; b0 < ns; b0 += BLOCK) {
-    const int64_t b1 = std::min(ns, b0 + BLOCK);
-    std::fill(cnt.begin(), cnt.end(), 0);
-    for (int64_t u = b0; u < b1; ++u)
-      for (uint32_t mk = masks[u]; mk; mk &= mk - 1) ++cnt[__builtin_ctz(mk) + 1];
-    for (int j = 0; j < Gs; ++j) cnt[j + 1] += cnt[j];
-    const int64_t tot = cnt[Gs];
-    zdot.resize(tot);
-    zs.resize(tot);
-    if (cor.on) nrm.resize(tot);
-    std::copy(cnt.begin(), cnt.end() - 1, cur.begin());
-    for (int64_t u = b0; u < b1; ++u) {
-      if (u + PF < ns) {
-        prefetch_bytes(Kr.row(sg.g, ids[u + PF]), Kr.row_bytes);
-        if (cor.on) __builtin_prefetch(cor.knorm + ids[u + PF]);
-      }
-      const uint8_t* row = Kr.row(sg.g, ids[u]);
-      const float kn = cor.on ? cor.knorm[ids[u]] : 0.0f;
-      for (uint32_t mk = masks[u]; mk; mk &= mk - 1) {
-        const int j = __builtin_ctz(mk);
-        zdot[cur[j]] = K.dot_row(Qs + j * d, row, bf16, d);
-        if (cor.on) nrm[cur[j]] = kn;
-        ++cur[j];
-      }
+  if (rd) {
+    constexpr int64_t BLOCK = 256;
+    const int64_t PF = std::max<int64_t>(2, 2048 / std::max<int64_t>(Kr.row_bytes, 1));  // rows ahead
+    const int64_t rb = Kr.row_bytes;
+    const float* kn = cor.on ? cor.knorm : nullptr;
+    std::vector<int32_t> ids(2 * BLOCK);
+    std::vector<uint32_t> masks(2 * BLOCK);
+    std::vector<int64_t> cnt(Gs + 1), cur(Gs);
+    std::vector<float> zdot((size_t)BLOCK * Gs), nrm(kn ? (size_t)BLOCK * Gs : 0), zs((size_t)BLOCK * Gs);
+    int c = 0;
+    int64_t n = rd->next(ids.data(), masks.data(), BLOCK);
+    for (int64_t u = 0; u < std::min(n, PF); ++u) {
+      prefetch_bytes(Kr.row(g, ids[u]), rb);
+      if (kn) __builtin_prefetch(kn + ids[u]);
     }
-    for (int j = 0; j < Gs; ++j) {
-      const int64_t a = cnt[j], n_j = cnt[j + 1] - a;
-      if (!n_j) continue;
-      const int64_t h = sg.h0 + j;
-      if (cor.on)
-        K.correct_logits(zdot.data() + a, nrm.data() + a, n_j, cor.qmu[h], cor.qnorm[h], scale, cor.k, *cor.tab,
-                         cor.extra[h], zs.data() + a);
-      else
-        for (int64_t i = 0; i < n_j; ++i) zs[a + i] = scale * zdot[a + i];
-      absorb(j, zs.data() + a, n_j);
-    }
-    std::copy(cnt.begin(), cnt.end() - 1, cur.begin());
-    for (int64_t u = b0; u < std::min(b1, b0 + PF); ++u) prefetch_bytes(Vr.row(sg.g, ids[u]), Vr.row_bytes);
-    for (int64_t u = b0; u < b1; ++u) {
-      if (u + PF < b1) prefetch_bytes(Vr.row(sg.g, ids[u + PF]), Vr.row_bytes);
-      const uint8_t* row = Vr.row(sg.g, ids[u]);
-      for (uint32_t mk = masks[u]; mk; mk &= mk - 1) {
-        const int j = __builtin_ctz(mk);
-        K.axpy_row(zs[cur[j]++], row, bf16, acc.data() + j * d, d);
+    while (n > 0) {
+      const int32_t* id = ids.data() + c * BLOCK;
+      const uint32_t* mk = masks.data() + c * BLOCK;
+      const int32_t* id_next = ids.data() + (c ^ 1) * BLOCK;
+      const int64_t n_next = rd->next(ids.data() + (c ^ 1) * BLOCK, masks.data() + (c ^ 1) * BLOCK, BLOCK);
+      // per head: its keys' slots [cnt[j], cnt[j + 1]) in zdot / zs
+      std::fill(cnt.begin(), cnt.end(), 0);
+      for (int64_t u = 0; u < n; ++u)
+        for (uint32_t m = mk[u]; m; m &= m - 1) ++cnt[__builtin_ctz(m) + 1];
+      for (int j = 0; j < Gs; ++j) cnt[j + 1] += cnt[j];
+      std::copy(cnt.begin(), cnt.end() - 1, cur.begin());
+      for (int64_t u = 0; u < n; ++u) {
+        const int64_t a = u + PF;
+        const int64_t pid = a < n ? id[a] : (a - n < n_next ? id_next[a - n] : -1);
+        if (pid >= 0) {
+          prefetch_bytes(Kr.row(g, pid), rb);
+          if (kn) __builtin_prefetch(kn + pid);
+        }
+        const uint8_t* row = Kr.row(g, id[u]);
+        for (uint32_t m = mk[u]; m; m &= m - 1) {
+          const int j = __builtin_ctz(m);
+          zdot[cur[j]] = K.dot_row(Qs + j * d, row, bf16, d);
+          if (kn) nrm[cur[j]] = kn[id[u]];
+          ++cur[j];
+        }
       }
+      for (int64_t u = 0; u < std::min(n, PF); ++u) prefetch_bytes(Vr.row(g, id[u]), rb);
+      for (int j = 0; j < Gs; ++j) {
+        const int64_t a = cnt[j], n_j = cnt[j + 1] - a;
+        if (!n_j) continue;
+        const int64_t h = sg.h0 + j;
+        if (kn)
+          K.correct_logits(zdot.data() + a, nrm.data() + a, n_j, cor.qmu[h], cor.qnorm[h], scale, cor.k, *cor.tab,
+                           cor.extra[h], zs.data() + a);
+        else
+          for (int64_t i = 0; i < n_j; ++i) zs[a + i] = scale * zdot[a + i];
+        absorb(j, zs.data() + a, n_j);
+      }
+      std::copy(cnt.begin(), cnt.end() - 1, cur.begin());
+      for (int64_t u = 0; u < n; ++u) {
+        if (u + PF < n) prefetch_bytes(Vr.row(g, id[u + PF]), rb);
+        const uint8_t* row = Vr.row(g, id[u]);
+        for (uint32_t m = mk[u]; m; m &= m - 1) {
+          const int j = __builtin_ctz(m);
+          K.axpy_row(zs[cur[j]++], row, bf16, acc.data() + j * d, d);
+        }
+      }
+      c ^= 1;
+      n = n_next;
     }
   }
   for (int j = 0; j < Gs; ++j) {
@@ -596,7 +640,7 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
 
 struct Task {
   int sg;
-  int64_t u0, u1;  // slice of the subgroup's union
+  int64_t w0, w1;  // words of the subgroup's bitmaps
   std::vector<std::pair<int64_t, int64_t>> ranges;
 };
 
@@ -639,66 +683,65 @@ std::vector<SubGroup> make_subgroups(int64_t n_heads, int64_t n_kv) {
   return sgs;
 }
 
-// Per subgroup: the union of its heads' selected tokens, ids ascending, with a bitmask of
-// heads per token, from per-head bitmaps (head h's nw words at sel[h * nw], n_sel[h] bits
-// set): one pass over the words of the subgroup's heads.
-void bitmap_unions(const std::vector<SubGroup>& sgs, const uint64_t* sel, const int64_t* n_sel, int64_t nw,
-                   std::vector<std::vector<int32_t>>& uids, std::vector<std::vector<uint32_t>>& umask) {
-  uids.assign(sgs.size(), {});
-  umask.assign(sgs.size(), {});
+// Per subgroup, word boundaries that split the union of its heads' bitmaps into up to
+// `want` parts of about equal size (at least ~256 keys each): bounds[si] = {0, ..., nw}.
+std::vector<std::vector<int64_t>> split_unions(const std::vector<SubGroup>& sgs, const uint64_t* sel, int64_t nw,
+                                               int64_t want) {
+  std::vector<std::vector<int64_t>> bounds(sgs.size());
   parallel_for((int64_t)sgs.size(), 1, [&](int64_t s0, int64_t s1) {
+    std::vector<uint32_t> pc(nw);
     for (int64_t si = s0; si < s1; ++si) {
       const SubGroup& sg = sgs[si];
       const uint64_t* b = sel + sg.h0 * nw;
       int64_t total = 0;
-      for (int j = 0; j < sg.Gs; ++j) total += n_sel[sg.h0 + j];
-      auto& ids = uids[si];
-      auto& mk = umask[si];
-      ids.reserve(total);
-      mk.reserve(total);
       for (int64_t w = 0; w < nw; ++w) {
         uint64_t any = 0;
         for (int j = 0; j < sg.Gs; ++j) any |= b[j * nw + w];
-        for (; any; any &= any - 1) {
-          const int bit = __builtin_ctzll(any);
-          uint32_t m = 0;
-          for (int j = 0; j < sg.Gs; ++j) m |= (uint32_t)((b[j * nw + w] >> bit) & 1) << j;
-          ids.push_back((int32_t)(w * 64 + bit));
-          mk.push_back(m);
+        pc[w] = (uint32_t)popcount64(any);
+        total += pc[w];
+      }
+      const int64_t np = std::max<int64_t>(1, std::min<int64_t>(want, total / 256));
+      auto& bd = bounds[si];
+      bd.push_back(0);
+      int64_t acc = 0, p = 1;
+      for (int64_t w = 0; w < nw && p < np; ++w) {
+        acc += pc[w];
+        if (acc * np >= p * total) {
+          bd.push_back(w + 1);
+          ++p;
         }
       }
+      bd.push_back(nw);
     }
   });
+  return bounds;
 }
 
-// Runs the parts of every subgroup over the threads and merges them.
-void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16, const float* Q, int64_t n_heads,
-                   int64_t n_kv, int64_t d, float scale, const std::vector<SubGroup>& sgs,
-                   const std::vector<std::vector<int32_t>>& uids, const std::vector<std::vector<uint32_t>>& umask,
+// Runs the parts of every subgroup over the threads and merges them. Sampled keys: the
+// per-head bitmaps sel (nw words per head; null: none). dense_block > 0 cuts the dense
+// ranges into parts of that many keys (the exact kernels); otherwise they go to part 0.
+void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16, const float* Q, int64_t d,
+                   float scale, const std::vector<SubGroup>& sgs, const uint64_t* sel, int64_t nw,
                    const std::vector<std::pair<int64_t, int64_t>>& dense, int64_t dense_block,
                    const Correction& cor_base, const float* const* knorms, float* out, float* lse) {
-  (void)n_heads;
-  (void)n_kv;
   const int64_t threads = get_num_threads();
-  std::vector<Task> tasks;
   const int64_t want = std::max<int64_t>(1, (8 * threads + (int64_t)sgs.size() - 1) / (int64_t)sgs.size());
+  std::vector<std::vector<int64_t>> bounds;
+  if (sel) bounds = split_unions(sgs, sel, nw, want);
+  std::vector<Task> tasks;
   for (size_t si = 0; si < sgs.size(); ++si) {
-    const int64_t U = uids.empty() ? 0 : (int64_t)uids[si].size();
-    std::vector<std::pair<int64_t, int64_t>> blocks;  // dense ranges cut into blocks
     if (dense_block > 0) {
       for (auto& r : dense)
-        for (int64_t a = r.first; a < r.second; a += dense_block) blocks.push_back({a, std::min(r.second, a + dense_block)});
+        for (int64_t a = r.first; a < r.second; a += dense_block)
+          tasks.push_back({(int)si, 0, 0, {{a, std::min(r.second, a + dense_block)}}});
     }
-    if (dense_block > 0 && !blocks.empty()) {
-      for (auto& b : blocks) tasks.push_back({(int)si, 0, 0, {b}});
-      if (U) tasks.push_back({(int)si, 0, U, {}});
-      continue;
+    if (sel) {
+      const auto& bd = bounds[si];
+      for (size_t p = 0; p + 1 < bd.size(); ++p) tasks.push_back({(int)si, bd[p], bd[p + 1], {}});
     }
-    const int64_t np = std::max<int64_t>(1, std::min<int64_t>(want, U / 256));
-    for (int64_t p = 0; p < np; ++p) {
-      Task t{(int)si, U * p / np, U * (p + 1) / np, {}};
-      if (p == 0) t.ranges = dense;
-      tasks.push_back(std::move(t));
+    if (dense_block <= 0 && !dense.empty()) {
+      if (sel) tasks[tasks.size() - (bounds[si].size() - 1)].ranges = dense;
+      else tasks.push_back({(int)si, 0, 0, dense});
     }
   }
   std::vector<int64_t> part_off(tasks.size() + 1, 0);
@@ -710,9 +753,12 @@ void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf
       const SubGroup& sg = sgs[t.sg];
       Correction cor = cor_base;
       if (cor.on) cor.knorm = knorms[sg.g];
-      const int32_t* ids = uids.empty() ? nullptr : uids[t.sg].data() + t.u0;
-      const uint32_t* mk = umask.empty() ? nullptr : umask[t.sg].data() + t.u0;
-      attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, ids, mk, t.u1 - t.u0, cor, parts.data() + part_off[ti]);
+      if (t.w1 > t.w0) {
+        UnionReader rd(sel, nw, sg, t.w0, t.w1);
+        attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, &rd, cor, parts.data() + part_off[ti]);
+      } else {
+        attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, nullptr, cor, parts.data() + part_off[ti]);
+      }
     }
   });
   merge_parts(sgs, tasks, parts, d, out, lse);
@@ -798,7 +844,7 @@ void dense_attention(const float* Q, int64_t n_heads, const void* Kp, const void
   const auto sgs = make_subgroups(n_heads, n_kv);
   std::vector<std::pair<int64_t, int64_t>> dense;
   if (n) dense.push_back({0, n});
-  run_attention(kern(), Kr, Vr, bf16, Q, n_heads, n_kv, d, scale, sgs, {}, {}, dense, 2048, Correction{}, nullptr,
+  run_attention(kern(), Kr, Vr, bf16, Q, d, scale, sgs, nullptr, 0, dense, 2048, Correction{}, nullptr,
                 out, lse);
   check_output(out, lse, n_heads, d);
 }
@@ -833,14 +879,12 @@ void topk_attention(const float* Q, int64_t n_heads, const void* Kp, const void*
   // per head: the budget largest as a bitmap of nw words (ties broken by position)
   const int64_t nw = (n + 63) / 64;
   std::vector<uint64_t> sel((size_t)(n_heads * nw), 0);
-  std::vector<int64_t> n_sel(n_heads, 0);
   parallel_for(n_heads, 1, [&](int64_t h0, int64_t h1) {
     std::vector<float> c;
     for (int64_t h = h0; h < h1; ++h) {
       const float* zh = z.data() + h * n;
       uint64_t* bm = sel.data() + h * nw;
       const int64_t kk = std::min(budget[h], n);
-      n_sel[h] = kk;
       if (kk == 0) continue;
       float tau = -INFINITY;
       int64_t ties = n;
@@ -856,10 +900,7 @@ void topk_attention(const float* Q, int64_t n_heads, const void* Kp, const void*
         if (kk == n || zh[i] > tau || (zh[i] == tau && ties-- > 0)) bm[i >> 6] |= uint64_t(1) << (i & 63);
     }
   });
-  std::vector<std::vector<int32_t>> uids;
-  std::vector<std::vector<uint32_t>> umask;
-  bitmap_unions(sgs, sel.data(), n_sel.data(), nw, uids, umask);
-  run_attention(K, Kr, Vr, bf16, Q, n_heads, n_kv, d, scale, sgs, uids, umask, {}, 0, Correction{}, nullptr, out,
+  run_attention(K, Kr, Vr, bf16, Q, d, scale, sgs, nw ? sel.data() : nullptr, nw, {}, 0, Correction{}, nullptr, out,
                 lse);
   check_output(out, lse, n_heads, d);
 }
@@ -1146,9 +1187,6 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   const int64_t w0 = std::max(m.idx_end, s_end);
   if (w0 < m.n) dense.push_back({w0, m.n});
   const auto sgs = make_subgroups(n_heads, c.n_kv_heads);
-  std::vector<std::vector<int32_t>> uids;
-  std::vector<std::vector<uint32_t>> umask;
-  if (sampled) bitmap_unions(sgs, sel.data(), n_sel.data(), nw, uids, umask);
   std::vector<const uint8_t*> kp, vp;
   const Rows Kr = m.rows(m.kpages, kp), Vr = m.rows(m.vpages, vp);
   Correction cor;
@@ -1160,7 +1198,7 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   cor.extra = extra.data();
   std::vector<const float*> knorms(c.n_kv_heads);
   for (int64_t g = 0; g < c.n_kv_heads; ++g) knorms[g] = m.knorm[g].data();
-  run_attention(K, Kr, Vr, c.bf16, Q, n_heads, c.n_kv_heads, d, scale, sgs, uids, umask, dense, 0, cor,
+  run_attention(K, Kr, Vr, c.bf16, Q, d, scale, sgs, sampled ? sel.data() : nullptr, nw, dense, 0, cor,
                 knorms.data(), out, lse);
   if (touched) {
     const int64_t nd = m.dense_count();

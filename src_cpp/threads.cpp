@@ -1,10 +1,16 @@
 // Persistent pool: workers sleep on a condition variable between jobs. A job is
 // a range split into chunks claimed from an atomic counter, so uneven chunks
 // balance themselves. After fork() the child starts a fresh pool on first use.
+//
+// Waking a sleeping thread costs tens of microseconds (more in a VM, where the vCPU may
+// be halted), paid twice per job: the workers at the start, the caller at the end. A
+// decode step runs a few short jobs back to back, so both sides first spin for a short
+// while (SPIN) before they block.
 #include "hashlab/threads.h"
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -17,6 +23,26 @@ namespace hashlab {
 namespace {
 
 thread_local int t_index = 0;
+constexpr std::chrono::microseconds SPIN(100);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Spins until done() or SPIN has passed; returns done().
+template <typename Pred>
+bool spin_until(Pred&& done) {
+  const auto until = std::chrono::steady_clock::now() + SPIN;
+  for (int i = 1;; ++i) {
+    if (done()) return true;
+    cpu_relax();
+    if ((i & 63) == 0 && std::chrono::steady_clock::now() >= until) return done();
+  }
+}
 thread_local bool t_in_parallel = false;
 
 int default_threads() {
@@ -29,17 +55,17 @@ int default_threads() {
 }
 
 struct Pool {
-  std::mutex mu;                 // guards the job fields and generation
+  std::mutex mu;  // guards the job fields; generation and active change under it too
   std::condition_variable wake, done;
   std::vector<std::thread> workers;
   pid_t owner = 0;
-  uint64_t generation = 0;
-  bool stop = false;
+  std::atomic<uint64_t> generation{0};
+  std::atomic<bool> stop{false};
   // current job
   const std::function<void(int64_t, int64_t)>* fn = nullptr;
   int64_t n = 0, chunk = 1;
   std::atomic<int64_t> next{0};
-  int active = 0;  // workers still running the job
+  std::atomic<int> active{0};  // workers still running the job
   int job_threads = 0;
   std::exception_ptr error;
   std::mutex call_mu;  // one parallel_for at a time; nested calls run inline
@@ -64,14 +90,18 @@ struct Pool {
     t_in_parallel = true;  // a kernel nested in a worker runs inline
     uint64_t seen = 0;
     for (;;) {
+      spin_until([&] { return stop.load(std::memory_order_acquire) || generation.load(std::memory_order_acquire) != seen; });
       std::unique_lock<std::mutex> lk(mu);
-      wake.wait(lk, [&] { return stop || (generation != seen && idx < job_threads); });
+      wake.wait(lk, [&] { return stop || generation != seen; });
       if (stop) return;
       seen = generation;
+      if (idx >= job_threads) continue;  // not needed for this job
       lk.unlock();
       run_chunks();
-      lk.lock();
-      if (--active == 0) done.notify_all();
+      if (active.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        lk.lock();
+        done.notify_all();
+      }
     }
   }
 
@@ -153,6 +183,7 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
   t_index = 0;
   p.run_chunks();
   t_in_parallel = false;
+  spin_until([&] { return p.active.load(std::memory_order_acquire) == 0; });
   std::unique_lock<std::mutex> lk(p.mu);
   p.done.wait(lk, [&] { return p.active == 0; });
   if (p.error) std::rethrow_exception(p.error);
