@@ -451,14 +451,15 @@ void count_head(const std::vector<Segment>& segs, int64_t g, int l, const uint32
 // The attention engine shared by the LSH index and the exact kernels
 // ---------------------------------------------------------------------------
 
-// Row i of KV head g: pages of 2^shift rows.
+// Row i of KV head g: pages of 2^shift rows, `stride` bytes apart from `offset` on
+// (the index keeps a token's key and value rows side by side: stride = 2 * row_bytes).
 struct Rows {
   const uint8_t* const* pages = nullptr;
   int64_t pages_per_head = 1;
   int shift = 40;
-  int64_t row_bytes = 0;
+  int64_t row_bytes = 0, stride = 0, offset = 0;
   const uint8_t* row(int64_t g, int64_t i) const {
-    return pages[g * pages_per_head + (i >> shift)] + (i & ((int64_t(1) << shift) - 1)) * row_bytes;
+    return pages[g * pages_per_head + (i >> shift)] + offset + (i & ((int64_t(1) << shift) - 1)) * stride;
   }
 };
 
@@ -518,8 +519,10 @@ struct UnionReader {
 // Flash-decoding style: the sampled keys come in blocks with a running max per head: a
 // key pass (logits, then the corrections per head), then a value pass over the block.
 // The rows are prefetched PF keys ahead; the next block is decoded before the key pass
-// so that the prefetches run across block boundaries, and the first value rows of a
-// block are requested before its corrections are computed.
+// so that the prefetches run across block boundaries. When each value row follows its
+// key row (the index's layout), the key pass fetches both, and the value pass finds the
+// block's values in cache; otherwise the value pass prefetches its own rows, the first
+// ones before the block's corrections are computed.
 void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16, const float* Q, int64_t d,
                  float scale, const SubGroup& sg, const std::vector<std::pair<int64_t, int64_t>>& ranges,
                  UnionReader* rd, const Correction& cor, float* part) {
@@ -568,6 +571,8 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
     constexpr int64_t BLOCK = 256;
     const int64_t PF = std::max<int64_t>(2, 2048 / std::max<int64_t>(Kr.row_bytes, 1));  // rows ahead
     const int64_t rb = Kr.row_bytes;
+    const bool together = Vr.pages == Kr.pages && Vr.offset == Kr.offset + rb;
+    const int64_t kfetch = together ? 2 * rb : rb;  // bytes prefetched per key
     const float* kn = cor.on ? cor.knorm : nullptr;
     std::vector<int32_t> ids(2 * BLOCK);
     std::vector<uint32_t> masks(2 * BLOCK);
@@ -576,7 +581,7 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
     int c = 0;
     int64_t n = rd->next(ids.data(), masks.data(), BLOCK);
     for (int64_t u = 0; u < std::min(n, PF); ++u) {
-      prefetch_bytes(Kr.row(g, ids[u]), rb);
+      prefetch_bytes(Kr.row(g, ids[u]), kfetch);
       if (kn) __builtin_prefetch(kn + ids[u]);
     }
     while (n > 0) {
@@ -594,7 +599,7 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
         const int64_t a = u + PF;
         const int64_t pid = a < n ? id[a] : (a - n < n_next ? id_next[a - n] : -1);
         if (pid >= 0) {
-          prefetch_bytes(Kr.row(g, pid), rb);
+          prefetch_bytes(Kr.row(g, pid), kfetch);
           if (kn) __builtin_prefetch(kn + pid);
         }
         const uint8_t* row = Kr.row(g, id[u]);
@@ -605,7 +610,8 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
           ++cur[j];
         }
       }
-      for (int64_t u = 0; u < std::min(n, PF); ++u) prefetch_bytes(Vr.row(g, id[u]), rb);
+      if (!together)
+        for (int64_t u = 0; u < std::min(n, PF); ++u) prefetch_bytes(Vr.row(g, id[u]), rb);
       for (int j = 0; j < Gs; ++j) {
         const int64_t a = cnt[j], n_j = cnt[j + 1] - a;
         if (!n_j) continue;
@@ -619,7 +625,7 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
       }
       std::copy(cnt.begin(), cnt.end() - 1, cur.begin());
       for (int64_t u = 0; u < n; ++u) {
-        if (u + PF < n) prefetch_bytes(Vr.row(g, id[u + PF]), rb);
+        if (!together && u + PF < n) prefetch_bytes(Vr.row(g, id[u + PF]), rb);
         const uint8_t* row = Vr.row(g, id[u]);
         for (uint32_t m = mk[u]; m; m &= m - 1) {
           const int j = __builtin_ctz(m);
@@ -829,7 +835,7 @@ Rows contiguous_rows(const void* base, int64_t n_kv, int64_t n, int64_t row_byte
   r.pages = pages.data();
   r.pages_per_head = 1;
   r.shift = 40;
-  r.row_bytes = row_bytes;
+  r.row_bytes = r.stride = row_bytes;
   return r;
 }
 }  // namespace
@@ -919,15 +925,17 @@ struct LSHAttentionIndex::Impl {
   bool has_prompt = false;
   std::vector<float> mean;                                   // (n_kv, d)
   std::vector<std::vector<float>> knorm;  // per KV head, |k - mean| of the indexed tokens (by token id)
-  std::vector<std::vector<std::unique_ptr<uint8_t, FreeDeleter>>> kpages, vpages;  // per KV head
+  // per KV head: pages of tokens, each token's key row then its value row, so that a
+  // sampled token is one contiguous read (the DRAM serves it from one open row)
+  std::vector<std::vector<std::unique_ptr<uint8_t, FreeDeleter>>> pages;
   std::vector<Segment> segs;
   double t_hash = 0, t_tables = 0;  // seconds spent hashing keys, building and merging tables
   mutable std::mutex mu;            // append, attend and the readers of the segments
 
   int64_t row_bytes() const { return cfg.head_dim * (cfg.bf16 ? 2 : 4); }
 
-  Rows rows(const std::vector<std::vector<std::unique_ptr<uint8_t, FreeDeleter>>>& pages,
-            std::vector<const uint8_t*>& ptrs) const {
+  // The key rows (values: value = true) of the pages; ptrs holds the page pointers.
+  Rows rows(bool value, std::vector<const uint8_t*>& ptrs) const {
     const int64_t P = pages.empty() ? 0 : (int64_t)pages[0].size();
     ptrs.resize(cfg.n_kv_heads * std::max<int64_t>(P, 1));
     for (int64_t g = 0; g < cfg.n_kv_heads; ++g)
@@ -937,25 +945,28 @@ struct LSHAttentionIndex::Impl {
     r.pages_per_head = std::max<int64_t>(P, 1);
     r.shift = page_shift;
     r.row_bytes = row_bytes();
+    r.stride = 2 * r.row_bytes;
+    r.offset = value ? r.row_bytes : 0;
     return r;
   }
 
-  void store(std::vector<std::vector<std::unique_ptr<uint8_t, FreeDeleter>>>& pages, const void* src, int64_t t) {
+  // Appends t tokens of keys and values, each (n_kv, t, d), after the n stored ones.
+  void store(const void* keys, const void* values, int64_t t) {
     const int64_t rbytes = row_bytes(), page = int64_t(1) << page_shift;
     parallel_for(cfg.n_kv_heads, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      const uint8_t* s = static_cast<const uint8_t*>(src) + g * t * rbytes;
-      int64_t i = n, done = 0;
-      while (done < t) {
-        const int64_t p = i >> page_shift, o = i & (page - 1);
-        while ((int64_t)pages[g].size() <= p)  // huge pages once the cache is large enough to fill them
-          pages[g].emplace_back(static_cast<uint8_t*>(big_alloc((size_t)(page * rbytes), (n + t) * 2 >= page)));
-        const int64_t c = std::min(t - done, page - o);
-        std::memcpy(pages[g][p].get() + o * rbytes, s + done * rbytes, c * rbytes);
-        done += c;
-        i += c;
+      for (int64_t g = g0; g < g1; ++g) {
+        const uint8_t* ks = static_cast<const uint8_t*>(keys) + g * t * rbytes;
+        const uint8_t* vs = static_cast<const uint8_t*>(values) + g * t * rbytes;
+        for (int64_t j = 0; j < t; ++j) {
+          const int64_t i = n + j, p = i >> page_shift;
+          while ((int64_t)pages[g].size() <= p)  // huge pages once the cache is large enough to fill them
+            pages[g].emplace_back(
+                static_cast<uint8_t*>(big_alloc((size_t)(page * 2 * rbytes), (n + t) * 2 >= page)));
+          uint8_t* dst = pages[g][p].get() + (i & (page - 1)) * 2 * rbytes;
+          std::memcpy(dst, ks + j * rbytes, rbytes);
+          std::memcpy(dst + rbytes, vs + j * rbytes, rbytes);
+        }
       }
-    }
     });
   }
 
@@ -976,8 +987,8 @@ struct LSHAttentionIndex::Impl {
           const int64_t e = std::min(b, i + blk);
           while (i < e) {  // split at page boundaries
             const int64_t p = i >> page_shift, o = i & (page - 1), c = std::min(e - i, page - o);
-            K.hash_codes(kpages[g][p].get() + o * rbytes, cfg.bf16, 0, c, d, mean.data() + g * d, signs.data(), D,
-                         n_rot, cfg.k, cfg.l, codes.data() + (i - a), nseg, knorm[g].data() + i);
+            K.hash_codes(pages[g][p].get() + o * 2 * rbytes, cfg.bf16, 2 * d, 0, c, d, mean.data() + g * d,
+                         signs.data(), D, n_rot, cfg.k, cfg.l, codes.data() + (i - a), nseg, knorm[g].data() + i);
             i += c;
           }
         }
@@ -1059,11 +1070,10 @@ LSHAttentionIndex::LSHAttentionIndex(const AttentionConfig& cfg, const float* si
   m.signs.assign(signs, signs + (n_rot + 2) * m.D);
   m.tab = log_u_table(cfg.l, cfg.min_collisions);
   m.mean.assign(cfg.n_kv_heads * cfg.head_dim, 0.0f);
-  m.kpages.resize(cfg.n_kv_heads);
-  m.vpages.resize(cfg.n_kv_heads);
+  m.pages.resize(cfg.n_kv_heads);
   m.knorm.resize(cfg.n_kv_heads);
   m.idx_end = cfg.sinks;
-  while ((int64_t(1) << m.page_shift) * m.row_bytes() < (int64_t)HUGE_PAGE) ++m.page_shift;
+  while ((int64_t(1) << m.page_shift) * 2 * m.row_bytes() < (int64_t)HUGE_PAGE) ++m.page_shift;
 }
 
 LSHAttentionIndex::~LSHAttentionIndex() = default;
@@ -1080,8 +1090,7 @@ void LSHAttentionIndex::append(const void* keys, const void* values, int64_t t) 
   if (!all_finite(keys, c.n_kv_heads * t * d, c.bf16)) fail("keys: expected finite values, got NaN or inf");
   if (!all_finite(values, c.n_kv_heads * t * d, c.bf16)) fail("values: expected finite values, got NaN or inf");
   if (m.n + t >= (int64_t(1) << 31) - 1) fail("keys: expected at most 2^31 - 2 tokens in total");
-  m.store(m.kpages, keys, t);
-  m.store(m.vpages, values, t);
+  m.store(keys, values, t);
   const bool first = !m.has_prompt;
   if (first) {
     // centring mean of the prompt keys, accumulated in double
@@ -1129,7 +1138,7 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   // 1. query codes (table-major) and norms; q . mean of the KV head
   std::vector<uint32_t> qcodes((size_t)c.l * n_heads);
   std::vector<float> qnorm(n_heads), qmu(n_heads), extra(n_heads, 0.0f);
-  K.hash_codes(Q, false, 0, n_heads, d, nullptr, m.signs.data(), m.D, m.n_rot, c.k, c.l, qcodes.data(), n_heads,
+  K.hash_codes(Q, false, d, 0, n_heads, d, nullptr, m.signs.data(), m.D, m.n_rot, c.k, c.l, qcodes.data(), n_heads,
                qnorm.data());
   for (int64_t h = 0; h < n_heads; ++h) qmu[h] = K.dot(Q + h * d, m.mean.data() + (h / G) * d, d);
   // 2. sampled tokens per head, as a bitmap of nw words
@@ -1188,7 +1197,7 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   if (w0 < m.n) dense.push_back({w0, m.n});
   const auto sgs = make_subgroups(n_heads, c.n_kv_heads);
   std::vector<const uint8_t*> kp, vp;
-  const Rows Kr = m.rows(m.kpages, kp), Vr = m.rows(m.vpages, vp);
+  const Rows Kr = m.rows(false, kp), Vr = m.rows(true, vp);
   Correction cor;
   cor.on = true;
   cor.tab = &m.tab->view;

@@ -19,7 +19,7 @@ struct LogUTable {
 };
 
 struct AttnKernels {
-  // Table codes of rows [r0, r1) of X (row-major, `dim` columns; float32, or bfloat16
+  // Table codes of rows [r0, r1) of X (`dim` columns; float32, or bfloat16
   // bit patterns when bf16), centred by `center` when not null: codes[t * cs + i] = the
   // SimHash key of table t. The bits are those of hashlab::hadamard_bits with the same
   // signs (rotation r: H D3_r H D2 H D1 (x - center), bit r*D + c = coordinate c > 0),
@@ -30,8 +30,9 @@ struct AttnKernels {
   // bits of a table dependent and P[table collision] falls 10-25% below (1 - theta/pi)^k
   // at the angles that matter (d=128, k=10), which biases the importance weights;
   // interleaved, the measured collision rates match the formula (and Gaussian
-  // projections) within 2%. norms[i] = |x - center| when norms is not null.
-  void (*hash_codes)(const void* X, bool bf16, int64_t r0, int64_t r1, int64_t dim, const float* center,
+  // projections) within 2%. norms[i] = |x - center| when norms is not null. Row i of X
+  // starts at element i * xs (xs >= dim).
+  void (*hash_codes)(const void* X, bool bf16, int64_t xs, int64_t r0, int64_t r1, int64_t dim, const float* center,
                      const float* signs, int64_t D, int64_t n_rot, int k, int l, uint32_t* codes, int64_t cs,
                      float* norms);
   float (*dot)(const float* a, const float* b, int64_t d);
