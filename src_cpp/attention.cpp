@@ -21,16 +21,19 @@
 // rebuilt) while the older one is at most twice the newer one: O(log n) segments.
 //
 // Hashing a key also gives |k - mean|, kept per (KV head, token) (4 bytes) for the
-// correction, so that decode reads a sampled key row once, for its logits.
+// correction, so that decode reads a sampled key row once, for its logits. The KV cache
+// keeps a token's key row and value row side by side: a sampled token is one
+// contiguous read.
 //
 // Decode step, per query head: hash the query (same rotations, not centred); for every
 // (segment, table) walk the query's bucket and count collisions per token (for m = 2, two
 // interleaved bitmaps: seen once, sampled); the result is a bitmap of sampled tokens.
-// Per KV head the bitmaps of its query heads are merged word by word into ids ascending
-// with a bitmask of heads per token, so every key and value row is read once per group. The union is split into
-// parts over the threads; each part computes, per head, the max, the sum of exp and the
+// Per KV head, the union of its query heads' bitmaps is split by word ranges into parts
+// of about equal size over the threads. Each part reads its words of the bitmaps a block
+// at a time (ids ascending, with a bitmask of heads per token, so every key and value
+// row is read once per group) and computes, per head, the max, the sum of exp and the
 // weighted sum of values of its keys (plus the dense keys in part 0), flash-decoding
-// style, and the parts are merged with log-sum-exp.
+// style; the parts are merged with log-sum-exp.
 #include "hashlab/attention.h"
 
 #include <sys/mman.h>
