@@ -232,7 +232,7 @@ class LSHKVIndex:
 
     Attributes: ``transform`` ((n_kv_heads, head_dim, head_dim) float32 maps A, or None),
     ``hasher`` (the SimHash whose ``bits`` the codes are made of; see
-    ``table_bits``), ``nbytes`` (index memory: tables, key norms, means, signs),
+    ``table_bits``), ``nbytes`` (index memory: tables, means, signs),
     ``kv_nbytes`` (the stored keys and values), ``n_indexed``, ``n_segments``, ``len()``.
     """
 

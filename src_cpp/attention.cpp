@@ -20,10 +20,9 @@
 // time as a new segment; the last two segments are merged (decoded back to codes and
 // rebuilt) while the older one is at most twice the newer one: O(log n) segments.
 //
-// Hashing a key also gives |k - mean|, kept per (KV head, token) (4 bytes) for the
-// correction, so that decode reads a sampled key row once, for its logits. The KV cache
-// keeps a token's key row and value row side by side: a sampled token is one
-// contiguous read.
+// The KV cache keeps a token's key row and value row side by side: a sampled token is
+// one contiguous read, and its |k - mean| (for the correction) comes from the same pass
+// over the key row as its logit.
 //
 // Decode step, per query head: hash the query (same rotations, not centred); for every
 // (segment, table) walk the query's bucket and count collisions per token (for m = 2, two
@@ -476,7 +475,7 @@ struct Correction {
   bool on = false;
   const LogUTable* tab = nullptr;
   int k = 0;
-  const float* knorm = nullptr;    // |k - mean| per token of KV head g (set per subgroup)
+  const float* kmean = nullptr;    // the key mean of KV head g (set per subgroup)
   const float* qmu = nullptr;      // per head (absolute head index)
   const float* qnorm = nullptr;
   const float* extra = nullptr;
@@ -576,17 +575,14 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
     const int64_t rb = Kr.row_bytes;
     const bool together = Vr.pages == Kr.pages && Vr.offset == Kr.offset + rb;
     const int64_t kfetch = together ? 2 * rb : rb;  // bytes prefetched per key
-    const float* kn = cor.on ? cor.knorm : nullptr;
+    const float* kmean = cor.on ? cor.kmean : nullptr;
     std::vector<int32_t> ids(2 * BLOCK);
     std::vector<uint32_t> masks(2 * BLOCK);
     std::vector<int64_t> cnt(Gs + 1), cur(Gs);
-    std::vector<float> zdot((size_t)BLOCK * Gs), nrm(kn ? (size_t)BLOCK * Gs : 0), zs((size_t)BLOCK * Gs);
+    std::vector<float> zdot((size_t)BLOCK * Gs), nrm(kmean ? (size_t)BLOCK * Gs : 0), zs((size_t)BLOCK * Gs);
     int c = 0;
     int64_t n = rd->next(ids.data(), masks.data(), BLOCK);
-    for (int64_t u = 0; u < std::min(n, PF); ++u) {
-      prefetch_bytes(Kr.row(g, ids[u]), kfetch);
-      if (kn) __builtin_prefetch(kn + ids[u]);
-    }
+    for (int64_t u = 0; u < std::min(n, PF); ++u) prefetch_bytes(Kr.row(g, ids[u]), kfetch);
     while (n > 0) {
       const int32_t* id = ids.data() + c * BLOCK;
       const uint32_t* mk = masks.data() + c * BLOCK;
@@ -601,15 +597,18 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
       for (int64_t u = 0; u < n; ++u) {
         const int64_t a = u + PF;
         const int64_t pid = a < n ? id[a] : (a - n < n_next ? id_next[a - n] : -1);
-        if (pid >= 0) {
-          prefetch_bytes(Kr.row(g, pid), kfetch);
-          if (kn) __builtin_prefetch(kn + pid);
-        }
+        if (pid >= 0) prefetch_bytes(Kr.row(g, pid), kfetch);
         const uint8_t* row = Kr.row(g, id[u]);
+        float kn = 0.0f;  // |k - mean|, from the first head's pass over the row
         for (uint32_t m = mk[u]; m; m &= m - 1) {
           const int j = __builtin_ctz(m);
-          zdot[cur[j]] = K.dot_row(Qs + j * d, row, bf16, d);
-          if (kn) nrm[cur[j]] = kn[id[u]];
+          if (kmean) {
+            zdot[cur[j]] = m == mk[u] ? K.dot_norm_row(Qs + j * d, row, kmean, bf16, d, &kn)
+                                      : K.dot_row(Qs + j * d, row, bf16, d);
+            nrm[cur[j]] = kn;
+          } else {
+            zdot[cur[j]] = K.dot_row(Qs + j * d, row, bf16, d);
+          }
           ++cur[j];
         }
       }
@@ -619,7 +618,7 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
         const int64_t a = cnt[j], n_j = cnt[j + 1] - a;
         if (!n_j) continue;
         const int64_t h = sg.h0 + j;
-        if (kn)
+        if (kmean)
           K.correct_logits(zdot.data() + a, nrm.data() + a, n_j, cor.qmu[h], cor.qnorm[h], scale, cor.k, *cor.tab,
                            cor.extra[h], zs.data() + a);
         else
@@ -732,7 +731,7 @@ std::vector<std::vector<int64_t>> split_unions(const std::vector<SubGroup>& sgs,
 void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16, const float* Q, int64_t d,
                    float scale, const std::vector<SubGroup>& sgs, const uint64_t* sel, int64_t nw,
                    const std::vector<std::pair<int64_t, int64_t>>& dense, int64_t dense_block,
-                   const Correction& cor_base, const float* const* knorms, float* out, float* lse) {
+                   const Correction& cor_base, const float* kmeans, float* out, float* lse) {
   const int64_t threads = get_num_threads();
   const int64_t want = std::max<int64_t>(1, (8 * threads + (int64_t)sgs.size() - 1) / (int64_t)sgs.size());
   std::vector<std::vector<int64_t>> bounds;
@@ -761,7 +760,7 @@ void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf
       const Task& t = tasks[ti];
       const SubGroup& sg = sgs[t.sg];
       Correction cor = cor_base;
-      if (cor.on) cor.knorm = knorms[sg.g];
+      if (cor.on) cor.kmean = kmeans + sg.g * d;
       if (t.w1 > t.w0) {
         UnionReader rd(sel, nw, sg, t.w0, t.w1);
         attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, &rd, cor, parts.data() + part_off[ti]);
@@ -927,7 +926,6 @@ struct LSHAttentionIndex::Impl {
   int64_t n = 0, idx_end = 0;
   bool has_prompt = false;
   std::vector<float> mean;                                   // (n_kv, d)
-  std::vector<std::vector<float>> knorm;  // per KV head, |k - mean| of the indexed tokens (by token id)
   // per KV head: pages of tokens, each token's key row then its value row, so that a
   // sampled token is one contiguous read (the DRAM serves it from one open row)
   std::vector<std::vector<std::unique_ptr<uint8_t, FreeDeleter>>> pages;
@@ -980,8 +978,6 @@ struct LSHAttentionIndex::Impl {
     const AttnKernels& K = kern();
     const int64_t nseg = b - a, d = cfg.head_dim, rbytes = row_bytes(), page = int64_t(1) << page_shift;
     codes.resize((size_t)cfg.l * nseg);
-    for (auto& kn : knorm)
-      if ((int64_t)kn.size() < b) kn.resize(std::max<int64_t>(b, 2 * (int64_t)kn.size()));
     for (int64_t g = 0; g < cfg.n_kv_heads; ++g) {
       const int64_t blk = 64, nblk = (nseg + blk - 1) / blk;
       parallel_for(nblk, 1, [&](int64_t b0, int64_t b1) {
@@ -991,7 +987,7 @@ struct LSHAttentionIndex::Impl {
           while (i < e) {  // split at page boundaries
             const int64_t p = i >> page_shift, o = i & (page - 1), c = std::min(e - i, page - o);
             K.hash_codes(pages[g][p].get() + o * 2 * rbytes, cfg.bf16, 2 * d, 0, c, d, mean.data() + g * d,
-                         signs.data(), D, n_rot, cfg.k, cfg.l, codes.data() + (i - a), nseg, knorm[g].data() + i);
+                         signs.data(), D, n_rot, cfg.k, cfg.l, codes.data() + (i - a), nseg, nullptr);
             i += c;
           }
         }
@@ -1074,7 +1070,6 @@ LSHAttentionIndex::LSHAttentionIndex(const AttentionConfig& cfg, const float* si
   m.tab = log_u_table(cfg.l, cfg.min_collisions);
   m.mean.assign(cfg.n_kv_heads * cfg.head_dim, 0.0f);
   m.pages.resize(cfg.n_kv_heads);
-  m.knorm.resize(cfg.n_kv_heads);
   m.idx_end = cfg.sinks;
   while ((int64_t(1) << m.page_shift) * 2 * m.row_bytes() < (int64_t)HUGE_PAGE) ++m.page_shift;
 }
@@ -1208,10 +1203,8 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   cor.qmu = qmu.data();
   cor.qnorm = qnorm.data();
   cor.extra = extra.data();
-  std::vector<const float*> knorms(c.n_kv_heads);
-  for (int64_t g = 0; g < c.n_kv_heads; ++g) knorms[g] = m.knorm[g].data();
   run_attention(K, Kr, Vr, c.bf16, Q, d, scale, sgs, sampled ? sel.data() : nullptr, nw, dense, 0, cor,
-                knorms.data(), out, lse);
+                m.mean.data(), out, lse);
   if (touched) {
     const int64_t nd = m.dense_count();
     for (int64_t h = 0; h < n_heads; ++h) touched[h] = nd + n_sel[h];
@@ -1229,7 +1222,6 @@ int64_t LSHAttentionIndex::nbytes() const {
   int64_t b = 0;
   for (const Segment& s : m.segs) b += s.nbytes();
   b += (int64_t)(m.mean.size() + m.signs.size()) * 4;
-  b += (m.idx_end - m.cfg.sinks) * m.cfg.n_kv_heads * 4;  // the key norms
   b += (int64_t)(m.tab->F.size() + m.tab->dF.size()) * 4;
   return b;
 }

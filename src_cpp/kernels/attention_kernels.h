@@ -42,6 +42,8 @@ struct AttnKernels {
   void (*bf16_to_f32)(const uint16_t* src, float* dst, int64_t d);
   // The same on rows given as float32 or bfloat16 (converted in registers).
   float (*dot_row)(const float* q, const void* row, bool bf16, int64_t d);
+  // <q, row>, and *norm = |row - mean| from the same read of the row.
+  float (*dot_norm_row)(const float* q, const void* row, const float* mean, bool bf16, int64_t d, float* norm);
   void (*dots_row)(const float* Q, int64_t qs, int G, const void* row, bool bf16, int64_t d, float* out);
   void (*axpy_row)(float a, const void* row, bool bf16, float* y, int64_t d);
   // z[i] = scale * dots[i] - F(k log(1 - theta_i / pi)) - extra, cos theta_i =
