@@ -238,7 +238,7 @@ def _t(s):
 def render_markdown(results, rep):
     runs = [r for r in results["runs"] if "times" in r]
     L = ["## Attention (`hashlab bench attention`)", "",
-         "`hashlab bench attention [--quick] [--threads N]` (full run ~5-10 min; suite "
+         "`hashlab bench attention [--quick] [--threads N]` (full run ~3 min on 2 cores; suite "
          "`hashlab/bench/attention.py`). `capture_error(keys, values, queries)` in the same file measures the "
          "errors on captured K/V.", "",
          "One decode step of one layer, batch 1: torch `scaled_dot_product_attention` (dense; the faster of "
@@ -364,6 +364,10 @@ def run(quick: bool, threads: int | None, out: pathlib.Path, tiny: bool = False)
     rep.notes.append("Every kernel's timed calls are in the JSON (`times.<kernel>.all`). On this shared machine a "
                      "single decode step of a few milliseconds varies 2-4x from call to call (a 0.2 s pause precedes "
                      "each call, so each one starts cold), hence best of 5 in the full run.")
+    rep.notes.append("The index build includes the first touch of its fresh memory (tables, hash codes). On a VM "
+                     "whose memory the host backs lazily, that first touch is slow: a profile of a first build in "
+                     "a fresh process spends most of its time in the kernel zeroing pages, and the same build "
+                     "repeated in the same process is ~0.35 s faster.")
     rep.notes.append("The LSH output is a random estimate (the hash seed draws it); its error on these planted "
                      "data is mostly the broad background's sampling noise, while top-k at the same budget "
                      "drops the background altogether. Errors on real K/V: `capture_error(keys, values, "
