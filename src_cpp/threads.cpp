@@ -55,7 +55,7 @@ int default_threads() {
 }
 
 struct Pool {
-  std::mutex mu;  // guards the job fields; generation and active change under it too
+  std::mutex mu;  // guards the job fields; generation changes under it
   std::condition_variable wake, done;
   std::vector<std::thread> workers;
   pid_t owner = 0;
@@ -65,7 +65,7 @@ struct Pool {
   const std::function<void(int64_t, int64_t)>* fn = nullptr;
   int64_t n = 0, chunk = 1;
   std::atomic<int64_t> next{0};
-  std::atomic<int> active{0};  // workers still running the job
+  std::atomic<int> active{0};  // workers still running the job (the last one notifies `done`)
   int job_threads = 0;
   std::exception_ptr error;
   std::mutex call_mu;  // one parallel_for at a time; nested calls run inline
@@ -90,7 +90,9 @@ struct Pool {
     t_in_parallel = true;  // a kernel nested in a worker runs inline
     uint64_t seen = 0;
     for (;;) {
-      spin_until([&] { return stop.load(std::memory_order_acquire) || generation.load(std::memory_order_acquire) != seen; });
+      spin_until([&] {
+        return stop.load(std::memory_order_acquire) || generation.load(std::memory_order_acquire) != seen;
+      });
       std::unique_lock<std::mutex> lk(mu);
       wake.wait(lk, [&] { return stop || generation != seen; });
       if (stop) return;
