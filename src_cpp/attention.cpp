@@ -14,9 +14,9 @@
 //         [off[b] + b*H, off[b+1] + (b+1)*H) (H = number of possible high parts) and its
 //         j-th entry (ids ascending) sets bit off[b] + b*H + (id >> L) + j.
 // That is k + ~2 bits per (key, table) plus 32 * nb / n for the offsets (12.3 bits at
-// k = 10, n = 96K) instead of MagicPIG's 32-bit ids. Building a table is a counting sort
-// of the codes by bucket (ids arrive in increasing order, so buckets come out sorted)
-// and one sequential encoding pass. Tokens leaving the window are indexed `chunk` at a
+// k = 10, n = 96K) instead of MagicPIG's 32-bit ids. Building a table is a histogram of
+// the buckets, then one pass in id order that ORs each entry into place (so buckets come
+// out sorted). Tokens leaving the window are indexed `chunk` at a
 // time as a new segment; the last two segments are merged (decoded back to codes and
 // rebuilt) while the older one is at most twice the newer one: O(log n) segments.
 //
@@ -88,8 +88,8 @@ inline uint64_t splitmix64(uint64_t& s) {
   return z ^ (z >> 31);
 }
 
-// Large arrays are read at random (KV rows, buckets): 2 MB aligned and backed by
-// transparent huge pages where the system allows it, to spare a TLB miss per access.
+// The KV pages are read at random, a row at a time: 2 MB aligned and backed by
+// transparent huge pages where the system allows it, to spare a TLB miss per row.
 constexpr size_t HUGE_PAGE = size_t(2) << 20;
 
 struct FreeDeleter {
@@ -119,9 +119,9 @@ template <typename T>
 struct Buf {
   std::unique_ptr<T, FreeDeleter> p;
   int64_t n = 0, allocated = 0;
-  void alloc(int64_t count) {
+  void alloc(int64_t count, bool huge = true) {
     const size_t bytes = sizeof(T) * (size_t)count;
-    p.reset(static_cast<T*>(big_alloc(bytes)));
+    p.reset(static_cast<T*>(big_alloc(bytes, huge)));
     n = count;
     allocated = (int64_t)((bytes + 4095) / 4096 * 4096);
   }
@@ -242,7 +242,9 @@ Segment make_segment(int64_t start, int64_t n, int k, int64_t heads, int l) {
   s.lw = (n * s.W + 63) / 64 + 1;  // + 1: the decoder reads 8 bytes at any entry
   s.hw = (n + s.nb * s.H + 63) / 64 + 1;
   const int64_t off_words = (heads * l * (s.nb + 1) + 1) / 2, low_words = heads * l * s.lw;
-  s.mem.alloc(off_words + low_words + heads * l * s.hw);
+  // 4 KB pages: huge ones gave no measurable decode gain here, and on a VM whose host
+  // backs memory lazily their first touch costs ~2x (0.2-0.4 s more per 96K-token build)
+  s.mem.alloc(off_words + low_words + heads * l * s.hw, false);
   s.off = reinterpret_cast<uint32_t*>(s.mem.data());
   s.low = s.mem.data() + off_words;
   s.high = s.low + low_words;
@@ -260,14 +262,13 @@ inline TableRef table_ref(const Segment& s, int64_t g, int t, int l) {
   return {s.off + ti * (s.nb + 1), s.low + ti * s.lw, s.high + ti * s.hw};
 }
 
-// Builds one table of a segment from the codes of its n tokens (local ids 0..n-1):
-// a counting sort by bucket into `tmp` (ids, with the tag in the high half when the code
-// has more bits than the bucket; ids come in increasing order, so each bucket is sorted),
-// then one sequential pass that writes the low fields and the high bits in order.
-template <bool TAG>
-void build_table_impl(const Segment& s, uint32_t* off, uint64_t* low, uint64_t* high, const uint32_t* codes,
-                      std::vector<uint32_t>& cursor, std::vector<uint64_t>& tmp) {
-  typedef typename std::conditional<TAG, uint64_t, uint32_t>::type Entry;
+// Builds one table of a segment from the codes of its n tokens (local ids 0..n-1): a
+// histogram of the buckets gives the offsets, then each token, in id order (so each
+// bucket comes out sorted), ORs its low field and its high bit straight into place.
+// Both arrays (~n * (k + 2) bits) stay in L2 while they are filled.
+template <bool TAG, typename C>
+void build_table_impl(const Segment& s, uint32_t* off, uint64_t* low, uint64_t* high, const C* codes,
+                      std::vector<uint32_t>& cursor) {
   const uint32_t bmask = (uint32_t)(s.nb - 1);
   const int W = s.W, L = s.L, kb = s.kb;
   const int64_t H = s.H, n = s.n;
@@ -275,49 +276,35 @@ void build_table_impl(const Segment& s, uint32_t* off, uint64_t* low, uint64_t* 
   for (int64_t i = 0; i < n; ++i) ++off[(codes[i] & bmask) + 1];
   for (int64_t b = 0; b < s.nb; ++b) off[b + 1] += off[b];
   cursor.assign(off, off + s.nb);
-  tmp.resize((n * sizeof(Entry) + 7) / 8);
-  Entry* __restrict tp = reinterpret_cast<Entry*>(tmp.data());
   uint32_t* __restrict cur = cursor.data();
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t c = codes[i];
-    tp[cur[c & bmask]++] = TAG ? (Entry)((((uint64_t)c >> kb) << 32) | (uint64_t)i) : (Entry)i;
-  }
-  const uint64_t lmask = (uint64_t(1) << L) - 1;
+  std::memset(low, 0, sizeof(uint64_t) * s.lw);
   std::memset(high, 0, sizeof(uint64_t) * s.hw);
-  uint64_t lacc = 0;
-  int lbits = 0;
-  int64_t lw = 0;
-  for (int64_t b = 0; b < s.nb; ++b) {
-    const int64_t hbase = b * H;
-    for (int64_t e = off[b], e1 = off[b + 1]; e < e1; ++e) {
-      const uint64_t v = tp[e], i = v & 0xFFFFFFFFull;
-      const uint64_t f = TAG ? (i & lmask) | ((v >> 32) << L) : (i & lmask);
-      // low fields through a running word, without branches (W <= 32, lbits < 64)
-      lacc |= f << lbits;
-      low[lw] = lacc;
-      const int nb2 = lbits + W;
-      const bool cross = nb2 >= 64;
-      const uint64_t carry = f >> ((64 - lbits) & 63);
-      lw += cross;
-      lacc = cross ? carry : lacc;
-      lbits = cross ? nb2 - 64 : nb2;
-      // high bits: positions increase along the entries, so the words are written in order
-      const int64_t hp = e + hbase + (int64_t)(i >> L);
-      high[hp >> 6] |= uint64_t(1) << (hp & 63);
-    }
+  uint8_t* __restrict lb = reinterpret_cast<uint8_t*>(low);
+  const uint64_t lmask = (uint64_t(1) << L) - 1;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t c = codes[i], b = c & bmask;
+    const int64_t e = cur[b]++;
+    const uint64_t f = TAG ? ((uint64_t)i & lmask) | (((uint64_t)c >> kb) << L) : ((uint64_t)i & lmask);
+    // the field's W <= 32 bits at bit e * W: one unaligned 8-byte OR (the last word is
+    // padding, so it never reads past the array)
+    const int64_t bp = e * W;
+    uint64_t x;
+    std::memcpy(&x, lb + (bp >> 3), 8);
+    x |= f << (bp & 7);
+    std::memcpy(lb + (bp >> 3), &x, 8);
+    const int64_t hp = e + (int64_t)b * H + (int64_t)((uint64_t)i >> L);
+    high[hp >> 6] |= uint64_t(1) << (hp & 63);
   }
-  low[lw++] = lacc;
-  while (lw < s.lw) low[lw++] = 0;
 }
 
-void build_table(const Segment& s, int64_t g, int t, int l, const uint32_t* codes, std::vector<uint32_t>& cursor,
-                 std::vector<uint64_t>& tmp) {
+template <typename C>
+void build_table(const Segment& s, int64_t g, int t, int l, const C* codes, std::vector<uint32_t>& cursor) {
   const int64_t ti = g * l + t;
   uint32_t* off = s.off + ti * (s.nb + 1);
   uint64_t* low = s.low + ti * s.lw;
   uint64_t* high = s.high + ti * s.hw;
-  if (s.T) build_table_impl<true>(s, off, low, high, codes, cursor, tmp);
-  else build_table_impl<false>(s, off, low, high, codes, cursor, tmp);
+  if (s.T) build_table_impl<true>(s, off, low, high, codes, cursor);
+  else build_table_impl<false>(s, off, low, high, codes, cursor);
 }
 
 // Calls f(id_high, field) for every entry of bucket b, ids ascending.
@@ -972,12 +959,13 @@ struct LSHAttentionIndex::Impl {
   }
 
   // Hashes tokens [a, b) of every KV head, one head at a time: codes (l, b - a) of head g
-  // into codes, then after_head(g).
-  template <typename Fn>
-  void hash_range(int64_t a, int64_t b, std::vector<uint32_t>& codes, Fn&& after_head) {
+  // into codes (uint16 when k <= 16: half the traffic of the table builds), then
+  // after_head(g). The codes are scratch, first touched by the hashing threads.
+  template <typename C, typename Fn>
+  void hash_range(int64_t a, int64_t b, Buf<C>& codes, Fn&& after_head) {
     const AttnKernels& K = kern();
     const int64_t nseg = b - a, d = cfg.head_dim, rbytes = row_bytes(), page = int64_t(1) << page_shift;
-    codes.resize((size_t)cfg.l * nseg);
+    codes.alloc((int64_t)cfg.l * nseg, false);
     for (int64_t g = 0; g < cfg.n_kv_heads; ++g) {
       const int64_t blk = 64, nblk = (nseg + blk - 1) / blk;
       parallel_for(nblk, 1, [&](int64_t b0, int64_t b1) {
@@ -987,7 +975,8 @@ struct LSHAttentionIndex::Impl {
           while (i < e) {  // split at page boundaries
             const int64_t p = i >> page_shift, o = i & (page - 1), c = std::min(e - i, page - o);
             K.hash_codes(pages[g][p].get() + o * 2 * rbytes, cfg.bf16, 2 * d, 0, c, d, mean.data() + g * d,
-                         signs.data(), D, n_rot, cfg.k, cfg.l, codes.data() + (i - a), nseg, nullptr);
+                         signs.data(), D, n_rot, cfg.k, cfg.l, codes.data() + (i - a), sizeof(C) == 2, nseg,
+                         nullptr);
             i += c;
           }
         }
@@ -996,21 +985,17 @@ struct LSHAttentionIndex::Impl {
     }
   }
 
-  void build_segment_tables(Segment& s, int64_t g, const std::vector<uint32_t>& codes) {
-    parallel_for(cfg.l, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<uint32_t> cursor;
-      std::vector<uint64_t> tmp;
-      for (int64_t t = t0; t < t1; ++t) build_table(s, g, (int)t, cfg.l, codes.data() + t * s.n, cursor, tmp);
-    });
-  }
-
-  void index_range(int64_t a, int64_t b) {
+  template <typename C>
+  void index_range_t(int64_t a, int64_t b) {
     Segment s = make_segment(a, b - a, cfg.k, cfg.n_kv_heads, cfg.l);
-    std::vector<uint32_t> codes;
+    Buf<C> codes;
     auto t0 = std::chrono::steady_clock::now();
     hash_range(a, b, codes, [&](int64_t g) {
       auto t1 = std::chrono::steady_clock::now();
-      build_segment_tables(s, g, codes);
+      parallel_for(cfg.l, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<uint32_t> cursor;
+        for (int64_t t = t0; t < t1; ++t) build_table(s, g, (int)t, cfg.l, codes.data() + t * s.n, cursor);
+      });
       auto t2 = std::chrono::steady_clock::now();
       t_hash += std::chrono::duration<double>(t1 - t0).count();
       t_tables += std::chrono::duration<double>(t2 - t1).count();
@@ -1018,6 +1003,11 @@ struct LSHAttentionIndex::Impl {
     });
     segs.push_back(std::move(s));
     idx_end = b;
+  }
+
+  void index_range(int64_t a, int64_t b) {
+    if (cfg.k <= 16) index_range_t<uint16_t>(a, b);
+    else index_range_t<uint32_t>(a, b);
     while (segs.size() >= 2 && segs[segs.size() - 2].n <= 2 * segs.back().n) merge_last();
   }
 
@@ -1029,11 +1019,10 @@ struct LSHAttentionIndex::Impl {
     for (int64_t g = 0; g < cfg.n_kv_heads; ++g) {
       parallel_for(cfg.l, 1, [&](int64_t t0, int64_t t1) {
         std::vector<uint32_t> codes(s.n), cursor;
-        std::vector<uint64_t> tmp;
         for (int64_t t = t0; t < t1; ++t) {
           decode_table(A, g, (int)t, cfg.l, codes.data());
           decode_table(B, g, (int)t, cfg.l, codes.data() + A.n);
-          build_table(s, g, (int)t, cfg.l, codes.data(), cursor, tmp);
+          build_table(s, g, (int)t, cfg.l, codes.data(), cursor);
         }
       });
     }
@@ -1136,8 +1125,8 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   // 1. query codes (table-major) and norms; q . mean of the KV head
   std::vector<uint32_t> qcodes((size_t)c.l * n_heads);
   std::vector<float> qnorm(n_heads), qmu(n_heads), extra(n_heads, 0.0f);
-  K.hash_codes(Q, false, d, 0, n_heads, d, nullptr, m.signs.data(), m.D, m.n_rot, c.k, c.l, qcodes.data(), n_heads,
-               qnorm.data());
+  K.hash_codes(Q, false, d, 0, n_heads, d, nullptr, m.signs.data(), m.D, m.n_rot, c.k, c.l, qcodes.data(), false,
+               n_heads, qnorm.data());
   for (int64_t h = 0; h < n_heads; ++h) qmu[h] = K.dot(Q + h * d, m.mean.data() + (h / G) * d, d);
   // 2. sampled tokens per head, as a bitmap of nw words
   const int64_t ntok = m.idx_end, nw = (ntok + 63) / 64;

@@ -31,10 +31,11 @@ struct AttnKernels {
   // at the angles that matter (d=128, k=10), which biases the importance weights;
   // interleaved, the measured collision rates match the formula (and Gaussian
   // projections) within 2%. norms[i] = |x - center| when norms is not null. Row i of X
-  // starts at element i * xs (xs >= dim).
+  // starts at element i * xs (xs >= dim). codes is uint16_t* when codes16 (k <= 16),
+  // uint32_t* otherwise.
   void (*hash_codes)(const void* X, bool bf16, int64_t xs, int64_t r0, int64_t r1, int64_t dim, const float* center,
-                     const float* signs, int64_t D, int64_t n_rot, int k, int l, uint32_t* codes, int64_t cs,
-                     float* norms);
+                     const float* signs, int64_t D, int64_t n_rot, int k, int l, void* codes, bool codes16,
+                     int64_t cs, float* norms);
   float (*dot)(const float* a, const float* b, int64_t d);
   // out[j] = <Q[j * qs ..], x> for j in [0, G)
   void (*dots)(const float* Q, int64_t qs, int G, const float* x, int64_t d, float* out);
