@@ -172,6 +172,23 @@ def test_matches_numpy_reference(k, l, m, rng):
     np.testing.assert_allclose(lse, ref_lse, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("d", [1, 2, 16, 100, 128, 1000])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_index_codes_match_simhash_at_every_width(level, d, dtype, rng):
+    """The index hashes keys with butterfly passes laid out by the padded width (one to
+    four stages fused with the sign test): its codes equal the core SimHash's bits."""
+    _C.set_simd_level(level)
+    n = 700
+    K = rng.standard_normal((2, n, d)).astype(np.float32)
+    K = (K.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)  # exact in bfloat16
+    idx = LSHKVIndex(d, 2, k=10, l=40, sinks=4, window=32, seed=d, dtype=dtype)
+    idx.append(K, K)
+    for g in range(2):
+        want = codes_of(idx.hasher, idx.table_bits, K[g, 4:n - 32] - idx.key_mean[g])
+        assert np.array_equal(idx.indexed_codes(g), want)
+
+
 def test_identical_across_simd_levels(rng, each_simd):
     K, V, Q = planted(rng, 2, 2000, 64, 8)
 
