@@ -364,10 +364,11 @@ def run(quick: bool, threads: int | None, out: pathlib.Path, tiny: bool = False)
     rep.notes.append("Every kernel's timed calls are in the JSON (`times.<kernel>.all`). On this shared machine a "
                      "single decode step of a few milliseconds varies 2-4x from call to call (a 0.2 s pause precedes "
                      "each call, so each one starts cold), hence best of 5 in the full run.")
-    rep.notes.append("The index build includes the first touch of its fresh memory (tables, hash codes). On a VM "
-                     "whose memory the host backs lazily, that first touch is slow: a profile of a first build in "
-                     "a fresh process spends most of its time in the kernel zeroing pages, and the same build "
-                     "repeated in the same process is ~0.35 s faster.")
+    rep.notes.append("The index build includes the first touch of its fresh memory (tables, hash codes: ~200 MB "
+                     "at 96K). The tables sit on 4 KB pages: on this VM, whose host backs memory lazily, a first "
+                     "touch of transparent huge pages costs about twice as much (0.2-0.4 s more per 96K build), "
+                     "and huge-page tables gave no measurable decode gain. The KV cache keeps huge pages: "
+                     "every sampled token is a random read of its row.")
     rep.notes.append("The LSH output is a random estimate (the hash seed draws it); its error on these planted "
                      "data is mostly the broad background's sampling noise, while top-k at the same budget "
                      "drops the background altogether. Errors on real K/V: `capture_error(keys, values, "
