@@ -28,11 +28,13 @@
 // (segment, table) walk the query's bucket and count collisions per token (for m = 2, two
 // interleaved bitmaps: seen once, sampled); the result is a bitmap of sampled tokens.
 // Per KV head, the union of its query heads' bitmaps is split by word ranges into parts
-// of about equal size over the threads. Each part reads its words of the bitmaps a block
-// at a time (ids ascending, with a bitmask of heads per token, so every key and value
-// row is read once per group) and computes, per head, the max, the sum of exp and the
-// weighted sum of values of its keys (plus the dense keys in part 0), flash-decoding
-// style; the parts are merged with log-sum-exp.
+// of about equal size. Each part reads its words of the bitmaps a block at a time (ids
+// ascending, with a bitmask of heads per token, so every key and value row is read once
+// per group) and computes, per head, the max, the sum of exp and the weighted sum of
+// values of its keys (plus the dense keys in part 0), flash-decoding style; the parts are
+// merged with log-sum-exp. Counting and attention run as one task list that the threads
+// take in order (a KV head's parts one KV head behind its counts): no barrier between
+// the phases, and one thread's counting overlaps the other's reading of rows.
 #include "hashlab/attention.h"
 
 #include <sys/mman.h>
@@ -45,6 +47,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <stdexcept>
@@ -678,38 +681,51 @@ std::vector<SubGroup> make_subgroups(int64_t n_heads, int64_t n_kv) {
   return sgs;
 }
 
-// Per subgroup, word boundaries that split the union of its heads' bitmaps into up to
-// `want` parts of about equal size (at least ~256 keys each): bounds[si] = {0, ..., nw}.
-std::vector<std::vector<int64_t>> split_unions(const std::vector<SubGroup>& sgs, const uint64_t* sel, int64_t nw,
-                                               int64_t want) {
-  std::vector<std::vector<int64_t>> bounds(sgs.size());
-  parallel_for((int64_t)sgs.size(), 1, [&](int64_t s0, int64_t s1) {
-    std::vector<uint32_t> pc(nw);
-    for (int64_t si = s0; si < s1; ++si) {
-      const SubGroup& sg = sgs[si];
-      const uint64_t* b = sel + sg.h0 * nw;
-      int64_t total = 0;
-      for (int64_t w = 0; w < nw; ++w) {
-        uint64_t any = 0;
-        for (int j = 0; j < sg.Gs; ++j) any |= b[j * nw + w];
-        pc[w] = (uint32_t)popcount64(any);
-        total += pc[w];
-      }
-      const int64_t np = std::max<int64_t>(1, std::min<int64_t>(want, total / 256));
-      auto& bd = bounds[si];
-      bd.push_back(0);
-      int64_t acc = 0, p = 1;
-      for (int64_t w = 0; w < nw && p < np; ++w) {
-        acc += pc[w];
-        if (acc * np >= p * total) {
-          bd.push_back(w + 1);
-          ++p;
-        }
-      }
-      bd.push_back(nw);
+// Word boundaries that split the union of a subgroup's bitmaps into up to `want` parts
+// of about equal size (at least ~256 keys each): {0, ..., nw}.
+std::vector<int64_t> split_union(const SubGroup& sg, const uint64_t* sel, int64_t nw, int64_t want) {
+  std::vector<uint32_t> pc(nw);
+  const uint64_t* b = sel + sg.h0 * nw;
+  int64_t total = 0;
+  for (int64_t w = 0; w < nw; ++w) {
+    uint64_t any = 0;
+    for (int j = 0; j < sg.Gs; ++j) any |= b[j * nw + w];
+    pc[w] = (uint32_t)popcount64(any);
+    total += pc[w];
+  }
+  const int64_t np = std::max<int64_t>(1, std::min<int64_t>(want, total / 256));
+  std::vector<int64_t> bd{0};
+  int64_t acc = 0, p = 1;
+  for (int64_t w = 0; w < nw && p < np; ++w) {
+    acc += pc[w];
+    if (acc * np >= p * total) {
+      bd.push_back(w + 1);
+      ++p;
     }
-  });
-  return bounds;
+  }
+  bd.push_back(nw);
+  return bd;
+}
+
+// Parts per subgroup so that the threads get about 8 parts each.
+int64_t parts_wanted(size_t n_subgroups) {
+  const int64_t threads = get_num_threads(), S = (int64_t)n_subgroups;
+  return std::max<int64_t>(1, (8 * threads + S - 1) / S);
+}
+
+// One part: its sampled keys (words [t.w0, t.w1) of its subgroup's bitmaps) and dense ranges.
+void run_task(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16, const float* Q, int64_t d,
+              float scale, const std::vector<SubGroup>& sgs, const uint64_t* sel, int64_t nw, const Task& t,
+              const Correction& cor_base, const float* kmeans, float* part) {
+  const SubGroup& sg = sgs[t.sg];
+  Correction cor = cor_base;
+  if (cor.on) cor.kmean = kmeans + sg.g * d;
+  if (t.w1 > t.w0) {
+    UnionReader rd(sel, nw, sg, t.w0, t.w1);
+    attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, &rd, cor, part);
+  } else {
+    attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, nullptr, cor, part);
+  }
 }
 
 // Runs the parts of every subgroup over the threads and merges them. Sampled keys: the
@@ -719,10 +735,12 @@ void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf
                    float scale, const std::vector<SubGroup>& sgs, const uint64_t* sel, int64_t nw,
                    const std::vector<std::pair<int64_t, int64_t>>& dense, int64_t dense_block,
                    const Correction& cor_base, const float* kmeans, float* out, float* lse) {
-  const int64_t threads = get_num_threads();
-  const int64_t want = std::max<int64_t>(1, (8 * threads + (int64_t)sgs.size() - 1) / (int64_t)sgs.size());
-  std::vector<std::vector<int64_t>> bounds;
-  if (sel) bounds = split_unions(sgs, sel, nw, want);
+  const int64_t want = parts_wanted(sgs.size());
+  std::vector<std::vector<int64_t>> bounds(sgs.size());
+  if (sel)
+    parallel_for((int64_t)sgs.size(), 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t si = s0; si < s1; ++si) bounds[si] = split_union(sgs[si], sel, nw, want);
+    });
   std::vector<Task> tasks;
   for (size_t si = 0; si < sgs.size(); ++si) {
     if (dense_block > 0) {
@@ -743,18 +761,8 @@ void run_attention(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf
   for (size_t t = 0; t < tasks.size(); ++t) part_off[t + 1] = part_off[t] + sgs[tasks[t].sg].Gs * (d + 2);
   std::vector<float> parts(part_off.back());
   parallel_for((int64_t)tasks.size(), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t ti = t0; ti < t1; ++ti) {
-      const Task& t = tasks[ti];
-      const SubGroup& sg = sgs[t.sg];
-      Correction cor = cor_base;
-      if (cor.on) cor.kmean = kmeans + sg.g * d;
-      if (t.w1 > t.w0) {
-        UnionReader rd(sel, nw, sg, t.w0, t.w1);
-        attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, &rd, cor, parts.data() + part_off[ti]);
-      } else {
-        attend_part(K, Kr, Vr, bf16, Q, d, scale, sg, t.ranges, nullptr, cor, parts.data() + part_off[ti]);
-      }
-    }
+    for (int64_t ti = t0; ti < t1; ++ti)
+      run_task(K, Kr, Vr, bf16, Q, d, scale, sgs, sel, nw, tasks[ti], cor_base, kmeans, parts.data() + part_off[ti]);
   });
   merge_parts(sgs, tasks, parts, d, out, lse);
 }
@@ -1128,61 +1136,88 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   K.hash_codes(Q, false, d, 0, n_heads, d, nullptr, m.signs.data(), m.D, m.n_rot, c.k, c.l, qcodes.data(), false,
                n_heads, qnorm.data());
   for (int64_t h = 0; h < n_heads; ++h) qmu[h] = K.dot(Q + h * d, m.mean.data() + (h / G) * d, d);
-  // 2. sampled tokens per head, as a bitmap of nw words
+  // 2. Counting and attention, in one parallel job. The task list holds per subgroup the
+  // counts of its heads (each head's sampled tokens as a bitmap of nw words), then, one
+  // subgroup behind so that they seldom wait, its attention parts; the threads take the
+  // tasks in order. The thread that finishes a subgroup's last count splits its union into
+  // parts, which wait for that split. One job instead of three phases: no barriers
+  // between them, and one thread's counting (compute) runs beside the other's attention
+  // (random reads of KV rows).
   const int64_t ntok = m.idx_end, nw = (ntok + 63) / 64;
   std::vector<uint64_t> sel(sampled ? (size_t)(n_heads * nw) : 0);
   std::vector<int64_t> n_sel(n_heads, 0);
-  if (sampled) {
-    parallel_for(n_heads, 1, [&](int64_t h0, int64_t h1) {
-      std::vector<uint8_t> cnt;
-      std::vector<uint64_t> bm;
-      std::vector<int32_t> s;
-      for (int64_t h = h0; h < h1; ++h) {
-        uint64_t* out_bm = sel.data() + h * nw;
-        if (c.min_collisions == 0) {
-          for (int64_t i = c.sinks; i < ntok; ++i) out_bm[i >> 6] |= uint64_t(1) << (i & 63);
-        } else {
-          Counters C;
-          C.m = c.min_collisions;
-          C.stride = C.m == 2 ? 2 : 1;
-          bm.assign(nw * C.stride, 0);
-          C.sel = bm.data() + (C.stride - 1);
-          if (C.m >= 3) {
-            cnt.assign(ntok, 0);
-            C.cnt = cnt.data();
-          }
-          count_head(m.segs, h / G, c.l, qcodes.data() + h, n_heads, C);
-          for (int64_t w = 0; w < nw; ++w) out_bm[w] = C.sel[w * C.stride];
-        }
-        int64_t sz = 0;
-        for (int64_t w = 0; w < nw; ++w) sz += popcount64(out_bm[w]);
-        n_sel[h] = sz;
-        if (c.max_sampled > 0 && sz > c.max_sampled) {
-          // uniform subsample without replacement; the weights gain the factor size / cap
-          s.clear();
-          for (int64_t w = 0; w < nw; ++w)
-            for (uint64_t x = out_bm[w]; x; x &= x - 1) s.push_back((int32_t)(w * 64 + __builtin_ctzll(x)));
-          uint64_t st = c.seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(h + 1)) ^ ((uint64_t)m.n << 32);
-          const int64_t cap = c.max_sampled;
-          for (int64_t i = 0; i < cap; ++i) {
-            const int64_t j = i + (int64_t)(splitmix64(st) % (uint64_t)(sz - i));
-            std::swap(s[i], s[j]);
-          }
-          std::fill(out_bm, out_bm + nw, 0);
-          for (int64_t i = 0; i < cap; ++i) out_bm[s[i] >> 6] |= uint64_t(1) << (s[i] & 63);
-          n_sel[h] = cap;
-          extra[h] = (float)std::log((double)cap / (double)sz);
-        }
+  // the sampled tokens of head h into sel[h * nw ...] (scratch: per worker)
+  auto count_one = [&](int64_t h, std::vector<uint8_t>& cnt, std::vector<uint64_t>& bm, std::vector<int32_t>& s) {
+    uint64_t* out_bm = sel.data() + h * nw;
+    if (c.min_collisions == 0) {
+      for (int64_t i = c.sinks; i < ntok; ++i) out_bm[i >> 6] |= uint64_t(1) << (i & 63);
+    } else {
+      Counters C;
+      C.m = c.min_collisions;
+      C.stride = C.m == 2 ? 2 : 1;
+      bm.assign(nw * C.stride, 0);
+      C.sel = bm.data() + (C.stride - 1);
+      if (C.m >= 3) {
+        cnt.assign(ntok, 0);
+        C.cnt = cnt.data();
       }
-    });
-  }
-  // 3. attention over dense + sampled keys
+      count_head(m.segs, h / G, c.l, qcodes.data() + h, n_heads, C);
+      for (int64_t w = 0; w < nw; ++w) out_bm[w] = C.sel[w * C.stride];
+    }
+    int64_t sz = 0;
+    for (int64_t w = 0; w < nw; ++w) sz += popcount64(out_bm[w]);
+    n_sel[h] = sz;
+    if (c.max_sampled > 0 && sz > c.max_sampled) {
+      // uniform subsample without replacement; the weights gain the factor size / cap
+      s.clear();
+      for (int64_t w = 0; w < nw; ++w)
+        for (uint64_t x = out_bm[w]; x; x &= x - 1) s.push_back((int32_t)(w * 64 + __builtin_ctzll(x)));
+      uint64_t st = c.seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(h + 1)) ^ ((uint64_t)m.n << 32);
+      const int64_t cap = c.max_sampled;
+      for (int64_t i = 0; i < cap; ++i) {
+        const int64_t j = i + (int64_t)(splitmix64(st) % (uint64_t)(sz - i));
+        std::swap(s[i], s[j]);
+      }
+      std::fill(out_bm, out_bm + nw, 0);
+      for (int64_t i = 0; i < cap; ++i) out_bm[s[i] >> 6] |= uint64_t(1) << (s[i] & 63);
+      n_sel[h] = cap;
+      extra[h] = (float)std::log((double)cap / (double)sz);
+    }
+  };
+  // dense keys: the sinks, and the window with the generated tokens not yet indexed
   std::vector<std::pair<int64_t, int64_t>> dense;
   const int64_t s_end = std::min(c.sinks, m.n);
   if (s_end > 0) dense.push_back({0, s_end});
   const int64_t w0 = std::max(m.idx_end, s_end);
   if (w0 < m.n) dense.push_back({w0, m.n});
   const auto sgs = make_subgroups(n_heads, c.n_kv_heads);
+  const int64_t S = (int64_t)sgs.size(), P = sampled ? parts_wanted(sgs.size()) : 1;
+  std::vector<Task> tasks(S * P);  // part p of subgroup si: tasks[si * P + p]; the dense keys in part 0
+  std::vector<int64_t> part_off(S * P + 1, 0), head_sg(n_heads);
+  for (int64_t si = 0; si < S; ++si) {
+    for (int j = 0; j < sgs[si].Gs; ++j) head_sg[sgs[si].h0 + j] = si;
+    for (int64_t p = 0; p < P; ++p) {
+      tasks[si * P + p].sg = (int)si;
+      tasks[si * P + p].w0 = tasks[si * P + p].w1 = 0;
+      part_off[si * P + p + 1] = part_off[si * P + p] + sgs[si].Gs * (d + 2);
+    }
+    tasks[si * P].ranges = dense;
+  }
+  std::vector<std::pair<int, int64_t>> order;  // (0, head): count; (1, slot): attention part
+  for (int64_t si = 0; si <= S; ++si) {
+    if (sampled && si < S)
+      for (int j = 0; j < sgs[si].Gs; ++j) order.push_back({0, sgs[si].h0 + j});
+    if (si >= 1)
+      for (int64_t p = 0; p < P; ++p) order.push_back({1, (si - 1) * P + p});
+  }
+  std::unique_ptr<std::atomic<int>[]> counted(new std::atomic<int>[S]), ready(new std::atomic<int>[S]);
+  for (int64_t si = 0; si < S; ++si) {
+    counted[si].store(0);
+    ready[si].store(sampled ? 0 : 1);
+  }
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::vector<float> parts(part_off.back());
   std::vector<const uint8_t*> kp, vp;
   const Rows Kr = m.rows(false, kp), Vr = m.rows(true, vp);
   Correction cor;
@@ -1192,8 +1227,42 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
   cor.qmu = qmu.data();
   cor.qnorm = qnorm.data();
   cor.extra = extra.data();
-  run_attention(K, Kr, Vr, c.bf16, Q, d, scale, sgs, sampled ? sel.data() : nullptr, nw, dense, 0, cor,
-                m.mean.data(), out, lse);
+  parallel_for(get_num_threads(), 1, [&](int64_t, int64_t) {
+    std::vector<uint8_t> cnt;
+    std::vector<uint64_t> bm;
+    std::vector<int32_t> sc;
+    try {
+      for (;;) {
+        const int64_t i = next.fetch_add(1);
+        if (i >= (int64_t)order.size() || failed.load(std::memory_order_relaxed)) return;
+        const int64_t x = order[i].second;
+        if (order[i].first == 0) {
+          count_one(x, cnt, bm, sc);
+          const int64_t si = head_sg[x];
+          if (counted[si].fetch_add(1, std::memory_order_acq_rel) + 1 == sgs[si].Gs) {
+            const std::vector<int64_t> bd = split_union(sgs[si], sel.data(), nw, P);
+            for (size_t p = 0; p + 1 < bd.size(); ++p) {
+              tasks[si * P + p].w0 = bd[p];
+              tasks[si * P + p].w1 = bd[p + 1];
+            }
+            ready[si].store(1, std::memory_order_release);
+          }
+        } else {
+          const int64_t si = x / P;
+          while (!ready[si].load(std::memory_order_acquire)) {
+            if (failed.load(std::memory_order_relaxed)) return;
+            __builtin_ia32_pause();
+          }
+          run_task(K, Kr, Vr, c.bf16, Q, d, scale, sgs, sampled ? sel.data() : nullptr, nw, tasks[x], cor,
+                   m.mean.data(), parts.data() + part_off[x]);
+        }
+      }
+    } catch (...) {
+      failed.store(true);  // releases the parts waiting for a count that will not come
+      throw;
+    }
+  });
+  merge_parts(sgs, tasks, parts, d, out, lse);
   if (touched) {
     const int64_t nd = m.dense_count();
     for (int64_t h = 0; h < n_heads; ++h) touched[h] = nd + n_sel[h];
