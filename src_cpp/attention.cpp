@@ -358,8 +358,12 @@ struct Counters {
 };
 
 // Collisions of one query code with one table: walks the query's bucket.
+// Not inlined, so that the loop gets the registers to itself (inlined into the decode
+// step it reloaded five values from the stack per entry); no SLP vectorising, which
+// turned the two 8-byte bitmap updates into a slower 16-byte load-blend-store.
 template <bool TAG, int MODE>
-void count_table(const Segment& s, const TableRef& tr, uint32_t qcode, const Counters& C) {
+__attribute__((noinline, optimize("no-tree-slp-vectorize"))) void count_table(const Segment& s, const TableRef& tr,
+                                                                             uint32_t qcode, const Counters& C) {
   const uint32_t b = qcode & (uint32_t)(s.nb - 1);
   const int64_t e0 = tr.off[b], e1 = tr.off[b + 1];
   if (e0 == e1) return;
