@@ -223,7 +223,7 @@ struct Segment {
   int64_t start = 0, n = 0;
   int kb = 0, L = 0, T = 0, W = 0;
   int64_t nb = 0, H = 0, lw = 0, hw = 0;
-  // one allocation (one huge-page rounding): the offsets, then the low and high words
+  // one allocation: the offsets, then the low and high words
   Buf<uint64_t> mem;
   uint32_t* off = nullptr;   // [(g * l + t) * (nb + 1) + b]
   uint64_t* low = nullptr;   // [(g * l + t) * lw + w]
