@@ -52,6 +52,7 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -1253,9 +1254,11 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
           }
         } else {
           const int64_t si = x / P;
-          while (!ready[si].load(std::memory_order_acquire)) {
+          // a count takes ~0.1 ms; yield past that, in case its thread is not running
+          for (int spins = 0; !ready[si].load(std::memory_order_acquire); ++spins) {
             if (failed.load(std::memory_order_relaxed)) return;
-            __builtin_ia32_pause();
+            if (spins < 4096) __builtin_ia32_pause();
+            else std::this_thread::yield();
           }
           run_task(K, Kr, Vr, c.bf16, Q, d, scale, sgs, sampled ? sel.data() : nullptr, nw, tasks[x], cor,
                    m.mean.data(), parts.data() + part_off[x]);
