@@ -642,8 +642,8 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
 }
 
 struct Task {
-  int sg;
-  int64_t w0, w1;  // words of the subgroup's bitmaps
+  int sg = 0;
+  int64_t w0 = 0, w1 = 0;  // words of the subgroup's bitmaps
   std::vector<std::pair<int64_t, int64_t>> ranges;
 };
 
@@ -1203,7 +1203,6 @@ void LSHAttentionIndex::attend(const float* Q, int64_t n_heads, float scale, flo
     for (int j = 0; j < sgs[si].Gs; ++j) head_sg[sgs[si].h0 + j] = si;
     for (int64_t p = 0; p < P; ++p) {
       tasks[si * P + p].sg = (int)si;
-      tasks[si * P + p].w0 = tasks[si * P + p].w1 = 0;
       part_off[si * P + p + 1] = part_off[si * P + p] + sgs[si].Gs * (d + 2);
     }
     tasks[si * P].ranges = dense;
