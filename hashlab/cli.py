@@ -2,11 +2,15 @@
 
     hashlab bench [SUITE|all] [--quick] [--threads N] [--out DIR] [--update-readme]
     hashlab train DATA_TRAIN [DATA_TEST] [--epochs E] [--save PATH] ...
-    hashlab train --synthetic amazon-670k-like --scale 0.1 ...
+    hashlab train --synthetic amazon-670k-like --scale 0.1 ... [--export PATH [--export-dtype float16]]
+    hashlab evaluate MODEL TEST_FILE [--k 5] [--mode dense|lsh] [--json]
+    hashlab predict MODEL DATA_FILE --out preds.txt [--k 5] [--mode dense|lsh]
     hashlab info
 
 Also ``python -m hashlab ...``. Bad arguments are usage errors (exit status 2, the
-argument named); a missing or malformed data file is a one-line message (status 1).
+argument named); a missing or malformed data or model file is a one-line message naming
+the file (and the line, for data files), status 1. ``hashlab train``'s defaults are read
+from SparseMLP's signatures, so the shell and the Python API train the same model.
 ``main(argv)`` returns the exit status instead of exiting, for tests and embedding.
 """
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import pathlib
 import sys
@@ -60,6 +65,37 @@ def _presets():
     return sorted(PRESETS)
 
 
+def _widths(text):
+    """argparse type: "128" or "256,128" -> a tuple of positive layer widths."""
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive widths like 128 or 256,128, got {text!r}")
+    return widths
+
+
+def api_defaults() -> dict:
+    """{"init": ..., "fit": ..., "predict": ..., "evaluate": ..., "save": ...}: the keyword defaults
+    of SparseMLP's constructor, fit, predict_topk, evaluate and save. The train, evaluate and
+    predict commands take their defaults from here, so that they never differ from the API's."""
+    from hashlab.slide import SparseMLP
+    fns = dict(init=SparseMLP.__init__, fit=SparseMLP.fit, predict=SparseMLP.predict_topk,
+               evaluate=SparseMLP.evaluate, save=SparseMLP.save)
+    return {key: {name: p.default for name, p in inspect.signature(fn).parameters.items()
+                  if p.default is not inspect.Parameter.empty} for key, fn in fns.items()}
+
+
+def _shown(value, auto="SparseMLP's choice"):
+    """A default as the help text shows it."""
+    if value is None:
+        return auto
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hashlab", description="hashlab: hashing-based sparse computation on CPUs.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -96,22 +132,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"built-in synthetic data instead of files: one of {', '.join(_presets())}")
     t.add_argument("--scale", type=_positive_float, default=None,
                    help="--synthetic: multiply the preset's rows, features and labels (default 1)")
-    t.add_argument("--epochs", type=_positive_int, default=2, help="passes over the training rows (default 2)")
-    t.add_argument("--hidden", type=_positive_int, default=128, help="hidden layer width (default 128)")
-    t.add_argument("--target-active", type=_positive_int, default=None,
-                   help="active output neurons per sample (default: SparseMLP's)")
-    t.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (default 0.002)")
-    t.add_argument("--hash", choices=("dwta", "simhash", "learned"), default=None,
-                   help="hash family of the output layer's tables (default: SparseMLP's)")
-    t.add_argument("--batch-size", type=_positive_int, default=256, help="rows per batch (default 256)")
+    from hashlab.slide import HASHES, SAVE_DTYPES
+    api = api_defaults()
+    init, fit = api["init"], api["fit"]
+    t.add_argument("--epochs", type=_positive_int, default=fit["epochs"],
+                   help=f"passes over the training rows (default {_shown(fit['epochs'])})")
+    t.add_argument("--hidden", type=_widths, default=init["hidden"],
+                   help=f"hidden layer widths, e.g. 128 or 256,128 (default {_shown(init['hidden'])})")
+    t.add_argument("--target-active", type=_positive_int, default=init["target_active"],
+                   help=f"active output neurons per sample (default {_shown(init['target_active'])})")
+    t.add_argument("--lr", type=_positive_float, default=init["lr"],
+                   help=f"Adam learning rate (default {_shown(init['lr'])})")
+    t.add_argument("--hash", choices=HASHES, default=init["hash"],
+                   help=f"hash family of the output layer's tables (default {_shown(init['hash'])})")
+    t.add_argument("--batch-size", type=_positive_int, default=fit["batch_size"],
+                   help=f"rows per batch (default {_shown(fit['batch_size'])})")
     t.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: hashlab's)")
-    t.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and hashing (default 0)")
+    t.add_argument("--seed", type=int, default=init["seed"],
+                   help=f"seed for data, initialisation and hashing (default {_shown(init['seed'])})")
     t.add_argument("--save", type=pathlib.Path, default=None,
                    help="model file (.npz, default ./hashlab-<data>.npz); written each epoch and at the end")
     t.add_argument("--no-save", action="store_true", help="do not write the model")
+    t.add_argument("--export", type=pathlib.Path, default=None, metavar="PATH",
+                   help="also write an inference-only copy (weights only, no optimizer state) after training")
+    t.add_argument("--export-dtype", choices=SAVE_DTYPES, default=None,
+                   help=f"--export: weight dtype (default {api['save']['dtype']}; float16 halves the file)")
     t.add_argument("--lsh-eval", action="store_true", help="also evaluate with LSH inference (mode='lsh')")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=cmd_train, subparser=t)
+
+    pred, ev = api["predict"], api["evaluate"]
+    e = sub.add_parser("evaluate", help="metrics of a saved model on an XMC test file",
+                       description="Loads a model written by hashlab train or SparseMLP.save (checkpoint or "
+                                   "inference-only) and prints every metric SparseMLP.evaluate reports at "
+                                   "k = 1, 3, 5 up to --k, and --k itself. Rows without labels are skipped.")
+    e.add_argument("model", metavar="MODEL", help="model file (.npz)")
+    e.add_argument("data", metavar="TEST_FILE", help="test file (Extreme Classification Repository format)")
+    e.add_argument("--k", type=_positive_int, default=max(ev["ks"]), help=f"largest k (default {max(ev['ks'])})")
+    e.add_argument("--mode", choices=("dense", "lsh"), default=ev["mode"],
+                   help=f"inference: exact dense scoring or LSH retrieval (default {ev['mode']})")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    e.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: hashlab's)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar while loading large files")
+    e.set_defaults(run=cmd_evaluate, subparser=e)
+
+    pr = sub.add_parser("predict", help="top-k labels of every row of an XMC file, written as label:score",
+                        description="Writes one line per row of DATA_FILE: 'label:score label:score ...', best "
+                                    "first (scores %%.6g). The label part of each row may be empty; labels that "
+                                    "are there must be known to the model. The output is written to a temporary "
+                                    "file and renamed: a failed run leaves no partial file.")
+    pr.add_argument("model", metavar="MODEL", help="model file (.npz)")
+    pr.add_argument("data", metavar="DATA_FILE", help="rows to predict (Extreme Classification Repository format)")
+    pr.add_argument("--out", type=pathlib.Path, required=True, help="predictions file to write")
+    pr.add_argument("--k", type=_positive_int, default=pred["k"], help=f"labels per row (default {pred['k']})")
+    pr.add_argument("--mode", choices=("dense", "lsh"), default=pred["mode"],
+                    help=f"inference: exact dense scoring or LSH retrieval (default {pred['mode']})")
+    pr.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: hashlab's)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar while loading large files")
+    pr.set_defaults(run=cmd_predict, subparser=pr)
 
     i = sub.add_parser("info", help="version, SIMD level, threads and the optional dependencies found")
     i.set_defaults(run=cmd_info, subparser=i)
@@ -235,6 +313,8 @@ def cmd_train(args, parser) -> int:
         parser.error("argument --scale: only with --synthetic")
     if args.save is not None and args.no_save:
         parser.error("argument --no-save: not allowed with --save")
+    if args.export_dtype is not None and args.export is None:
+        parser.error("argument --export-dtype: only with --export")
     import hashlab
     from hashlab.datasets import make_preset
     from hashlab.slide import SparseMLP
@@ -251,13 +331,13 @@ def cmd_train(args, parser) -> int:
         source = args.train + (f" / {args.test}" if args.test else " (5% held out)")
         stem = pathlib.Path(args.train).name.split(".")[0] or "model"
     save = None if args.no_save else (args.save or pathlib.Path(f"hashlab-{stem}.npz"))
-    if save is not None and not save.parent.resolve().is_dir():
-        raise DataError(f"cannot save the model: no such folder: {save.parent}")
+    for path, what in ((save, "save the model"), (args.export, "export the model")):
+        if path is not None and not path.parent.resolve().is_dir():
+            raise DataError(f"cannot {what}: no such folder: {path.parent}")
     print(f"data: {source}: {Xtr.shape[0]:,} train / {Xte.shape[0]:,} test rows, {Xtr.shape[1]:,} features, "
           f"{Ytr.shape[1]:,} labels ({time.perf_counter() - t0:.1f} s)", flush=True)
-    extra = {} if args.hash is None else {"hash": args.hash}
-    model = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=(args.hidden,), target_active=args.target_active,
-                      lr=args.lr, seed=args.seed, **extra)
+    model = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=args.hidden, target_active=args.target_active,
+                      lr=args.lr, hash=args.hash, seed=args.seed)
     print(f"model: {model}, {model.nbytes / 2**20:.0f} MiB; SIMD {hashlab.simd_level()}, "
           f"{hashlab.get_num_threads()} threads", flush=True)
     t1 = time.perf_counter()
@@ -274,6 +354,107 @@ def cmd_train(args, parser) -> int:
               f"{time.perf_counter() - t2:.1f} s)", flush=True)
     if save is not None:
         print(f"model saved to {save} (load with hashlab.SparseMLP.load)")
+    if args.export is not None:
+        dtype = args.export_dtype or api_defaults()["save"]["dtype"]
+        model.save(args.export, optimizer=False, dtype=dtype)
+        print(f"inference-only model ({dtype}) exported to {args.export}, "
+              f"{os.path.getsize(args.export) / 2**20:.1f} MiB")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# evaluate, predict
+# ---------------------------------------------------------------------------
+
+def _load_model(path):
+    """SparseMLP.load(path); a missing, damaged or foreign file is a DataError naming it."""
+    from hashlab.slide import SparseMLP
+    try:
+        return SparseMLP.load(path)
+    except (ValueError, OSError) as e:
+        raise DataError(str(e)) from None
+
+
+def _load_rows(path, model, verbose):
+    """(X, Y) of an XMC file read at the model's widths: a feature or label id the model does not
+    have is an error naming the file and line."""
+    from hashlab.datasets import load_xmc
+    if not os.path.isfile(path):
+        raise DataError(f"no such data file: {path}")
+    try:
+        return load_xmc(path, n_features=model.input_dim, n_labels=model.output_dim, verbose=verbose)
+    except (ValueError, OSError) as e:
+        msg = str(e)
+        if "out of range" in msg:
+            msg += f" (the model has {model.input_dim:,} features and {model.output_dim:,} labels)"
+        raise DataError(msg) from None
+
+
+def _set_threads(args):
+    if args.threads:
+        import hashlab
+        hashlab.set_num_threads(args.threads)
+
+
+def cmd_evaluate(args, parser) -> int:
+    import numpy as np
+    _set_threads(args)
+    model = _load_model(args.model)
+    X, Y = _load_rows(args.data, model, not args.quiet and not args.json)
+    labelled = np.flatnonzero(np.diff(Y.indptr) > 0)
+    skipped = X.shape[0] - labelled.size
+    if labelled.size == 0:
+        raise DataError(f"{args.data}: no row has labels: nothing to evaluate")
+    if skipped:
+        X, Y = X[labelled], Y[labelled]
+    ks = tuple(sorted({k for k in (1, 3, 5) if k < args.k} | {args.k}))
+    t0 = time.perf_counter()
+    metrics = model.evaluate(X, Y, ks=ks, mode=args.mode)
+    secs = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps(dict(model=os.fspath(args.model), data=os.fspath(args.data), mode=args.mode,
+                              rows=int(X.shape[0]), rows_without_labels=int(skipped), seconds=secs,
+                              metrics=metrics)))
+        return 0
+    kind = "inference-only" if model.inference_only else "checkpoint"
+    print(f"model: {args.model}: {model} ({kind})")
+    print(f"data: {args.data}: {X.shape[0]:,} rows" + (f" ({skipped:,} without labels skipped)" if skipped else ""))
+    groups = {}
+    for name, value in metrics.items():
+        groups.setdefault(name.split("@")[0], []).append(f"{name} {value:.4f}")
+    for line in groups.values():
+        print("  ".join(line))
+    print(f"rows {X.shape[0]:,}, {secs:.2f} s ({args.mode} inference)")
+    return 0
+
+
+def cmd_predict(args, parser) -> int:
+    _set_threads(args)
+    folder = args.out.parent
+    if not folder.resolve().is_dir():
+        raise DataError(f"cannot write predictions: no such folder: {folder}")
+    model = _load_model(args.model)
+    X, _ = _load_rows(args.data, model, not args.quiet)
+    k = min(args.k, model.output_dim)
+    t0 = time.perf_counter()
+    # written next to the target and renamed over it: a failure leaves nothing half-written
+    tmp = folder / f".{args.out.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "x", encoding="ascii") as f:
+            step = 4096
+            for s in range(0, X.shape[0], step):
+                scores, labels = model.predict_topk(X[s:s + step], k, mode=args.mode)
+                for lab, sc in zip(labels.tolist(), scores.tolist()):
+                    f.write(" ".join(f"{a}:{b:.6g}" for a, b in zip(lab, sc)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, args.out)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    print(f"wrote top-{k} labels of {X.shape[0]:,} rows to {args.out} ({args.mode} inference, "
+          f"{time.perf_counter() - t0:.2f} s)")
     return 0
 
 

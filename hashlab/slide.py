@@ -38,6 +38,8 @@ import signal
 import tempfile
 import threading
 import time
+import zipfile
+import zlib
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,7 +52,8 @@ from .simhash import SimHash
 from .tables import LSHTables
 from .wta import DWTAHash
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a "kind", checkpoint or inference-only; format 1 checkpoints still load
+SAVE_DTYPES = ("float32", "float16")  # weights of an inference-only file
 ACTIVATIONS = ("relu", "tanh")
 HASHES = ("dwta", "simhash", "learned")
 _QUERY_BUFFER = 1024  # recent hidden activations kept as the learned hash's training queries
@@ -436,6 +439,7 @@ class SparseMLP:
         records go to ``self.history``: time (training seconds, evaluations excluded,
         cumulative over fit calls), step, samples, loss (moving average), P@1.
         """
+        self._check_trainable()
         X = _as_features(X, self.input_dim)
         n = X.shape[0]
         if n == 0:
@@ -560,6 +564,8 @@ class SparseMLP:
     def nbytes(self):
         """Bytes of weights, Adam moments, LSH tables and stored keys."""
         params = sum(p.nbytes for p in self.layers + self.biases + [self.out_w, self.out_b])
+        if self.inference_only:  # weights alone: no moments, tables or keys
+            return int(params)
         extra = self._sched.nbytes + self._qbuf.nbytes if self.hash == "learned" else 0
         return int(params + self.tables.nbytes + self._keys.nbytes + self._dirty.nbytes + extra)
 
@@ -572,19 +578,74 @@ class SparseMLP:
                     rebuild_growth=self.rebuild_growth, bin_size=self.bin_size,
                     refit_threshold=self.refit_threshold, learn_after=self.learn_after)
 
-    def save(self, path):
-        """Writes the model, optimizer state, hash seeds and schedule to ``path`` (.npz).
+    @property
+    def inference_only(self):
+        """True for a model loaded from an inference-only file (``save(path, optimizer=False)``):
+        it predicts and evaluates, it does not train."""
+        return self.out_w.m is None
 
-        Atomic: written to a temporary file in the same directory, then renamed, so an
-        interrupted save never damages an existing checkpoint. The LSH tables are
-        stored as each neuron's current keys and rebuilt at load; where a bucket had
-        overflowed, the rebuilt bucket keeps a different sample of its neurons.
+    def _check_trainable(self):
+        """RuntimeError for an inference-only model (fit's first check)."""
+        if self.inference_only:
+            raise RuntimeError("inference-only model (saved with optimizer=False): it has no optimizer state or "
+                               "hash tables to train with; load a training checkpoint (written by save(path)) "
+                               "to continue training")
+
+    def save(self, path, optimizer=True, dtype="float32"):
+        """Writes the model to ``path`` (.npz), atomically.
+
+        optimizer=True (default), a training checkpoint: weights, Adam moments, hash keys, the
+        rehash schedule, the learned hash's state and the shuffling rng, so that ``load`` then
+        ``fit`` continues exactly where training stopped. The LSH tables are stored as each
+        neuron's current keys and rebuilt at load; where a bucket had overflowed, the rebuilt
+        bucket keeps a different sample of its neurons.
+
+        optimizer=False, an inference-only file: weights and biases (no moments or hash keys:
+        under a third of a checkpoint's size in float32), the configuration, ``step``,
+        ``history`` and ``label_counts_``.
+        ``load`` gives a model that predicts and evaluates (mode="lsh" builds its retriever from
+        the weights) and that ``fit`` refuses.
+
+        dtype : "float32" | "float16", the stored weights of an inference-only file. float16
+            halves the file again and rounds every weight and bias to float16 (relative error
+            <= 2**-11, absolute <= 2**-25 below 2**-14; loaded back as float32; ValueError if a
+            value is beyond float16's 65504). Checkpoints are float32 only.
+
+        Written to a temporary file in the same folder, then renamed, so an interrupted save
+        never damages an existing file.
         """
         path = os.fspath(path)
-        state = dict(format=FORMAT_VERSION, config=self._config(), step=self.step, rebuilds=self.rebuilds,
-                     next_rebuild=self._next_rebuild, period=self._period, history=self.history,
-                     epoch_rng=self._epoch_rng.bit_generator.state, range_bits=self._range_bits,
-                     refits=self.refits, rows_rehashed=self.rows_rehashed)
+        if not isinstance(optimizer, (bool, np.bool_)):
+            raise TypeError(f"optimizer: expected a bool, got {type(optimizer).__name__}")
+        dtype = check_choice(dtype, "dtype", SAVE_DTYPES)
+        if optimizer and dtype != "float32":
+            raise ValueError(f"dtype: expected 'float32' for a checkpoint (optimizer=True), got {dtype!r}")
+        if optimizer and self.inference_only:
+            raise RuntimeError("inference-only model (saved with optimizer=False): no optimizer state to "
+                               "checkpoint; use save(path, optimizer=False)")
+        if optimizer:
+            state, arrays = self._checkpoint_state()
+        else:
+            state = dict(format=FORMAT_VERSION, kind="inference", dtype=dtype, config=self._config(),
+                         step=self.step, history=self.history)
+            arrays = {}
+        counts = getattr(self, "label_counts_", None)
+        if counts is not None:
+            arrays["label_counts"] = np.asarray(counts, dtype=np.int64)
+        arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+        for name, p in self._named_params():
+            if optimizer:
+                arrays[name + ".w"], arrays[name + ".m"], arrays[name + ".v"] = p.w, p.m, p.v
+            else:
+                arrays[name + ".w"] = _stored_weights(p.w, dtype, name)
+        atomic_savez(path, arrays)
+
+    def _checkpoint_state(self):
+        """(state dict, arrays) of a training checkpoint, weights and moments aside."""
+        state = dict(format=FORMAT_VERSION, kind="checkpoint", config=self._config(), step=self.step,
+                     rebuilds=self.rebuilds, next_rebuild=self._next_rebuild, period=self._period,
+                     history=self.history, epoch_rng=self._epoch_rng.bit_generator.state,
+                     range_bits=self._range_bits, refits=self.refits, rows_rehashed=self.rows_rehashed)
         arrays = {"keys": self._keys, "dirty": self._dirty}
         if self.hash == "learned":
             h = self.hasher
@@ -595,10 +656,7 @@ class SparseMLP:
                           sched_codes=self._sched._codes, sched_base=self._sched._base)
             if h._opt is not None:  # the hash's Adam state: later refits continue from it
                 arrays.update(hash_opt_m=h._opt["m"], hash_opt_v=h._opt["v"], hash_opt_t=np.int64(h._opt["t"]))
-        arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
-        for name, p in self._named_params():
-            arrays[name + ".w"], arrays[name + ".m"], arrays[name + ".v"] = p.w, p.m, p.v
-        atomic_savez(path, arrays)
+        return state, arrays
 
     def _named_params(self):
         for i, p in enumerate(self.layers):
@@ -608,66 +666,123 @@ class SparseMLP:
         yield "out_w", self.out_w
         yield "out_b", self.out_b
 
+    def _param_shapes(self):
+        """{name: shape} of every parameter, in _named_params order."""
+        sizes = (self.input_dim,) + self.hidden
+        shapes = {f"layer{i}": (a, b) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
+        shapes.update({f"bias{i}": (h,) for i, h in enumerate(self.hidden)})
+        shapes.update(out_w=(self.output_dim, self.hidden[-1]), out_b=(self.output_dim,))
+        return shapes
+
     @classmethod
     def load(cls, path):
-        """Loads a model written by ``save``; ``fit`` then resumes where it stopped."""
+        """Loads a file written by ``save``: a checkpoint (``fit`` then resumes where it stopped;
+        also format 1, written before inference-only files existed) or an inference-only file
+        (``inference_only`` is True; weights stored as float16 come back as float32).
+
+        Raises FileNotFoundError for a missing file and ValueError naming the file for anything
+        that is not a complete model of this format: another format version, a damaged or
+        truncated file, an .npz from elsewhere, a missing array, a shape that does not match
+        the stored configuration.
+        """
         path = os.fspath(path)
-        with np.load(path, allow_pickle=False) as z:
-            state = json.loads(bytes(z["state"]).decode())
-            if state.get("format") != FORMAT_VERSION:
-                raise ValueError(f"{path}: expected checkpoint format {FORMAT_VERSION}, got {state.get('format')}")
-            cfg = state["config"]
-            model = cls.__new__(cls)
-            model._configure(**cfg)
-            model.step, model.rebuilds = state["step"], state["rebuilds"]
-            model._next_rebuild, model._period = state["next_rebuild"], state["period"]
-            model._range_bits, model.history = state["range_bits"], state["history"]
-            model._epoch_rng.bit_generator.state = state["epoch_rng"]
-            model.layers = [_Adam.__new__(_Adam) for _ in cfg["hidden"]]
-            model.biases = [_Adam.__new__(_Adam) for _ in cfg["hidden"]]
-            model.out_w, model.out_b = _Adam.__new__(_Adam), _Adam.__new__(_Adam)
-            for name, p in model._named_params():
-                for part in "wmv":
-                    setattr(p, part, np.ascontiguousarray(z[f"{name}.{part}"], dtype=np.float32))
-            keys = np.ascontiguousarray(z["keys"], dtype=np.uint32)
-            dirty = np.ascontiguousarray(z["dirty"], dtype=np.uint8)
-            model.refits, model.rows_rehashed = state.get("refits", 0), state.get("rows_rehashed", 0)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"expected a model file, got a folder: {path}")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such model file: {path}")
+        try:
+            with open(path, "rb") as f:
+                if f.read(4) != b"PK\x03\x04":  # what every non-empty .npz (a zip archive) starts with
+                    raise _BadModelFile("not a hashlab model file (not an .npz archive)")
+            with np.load(path, allow_pickle=False) as z:
+                return cls._from_npz(z)
+        except _BadModelFile as e:
+            raise ValueError(f"{path}: {e}") from None
+        except (ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            # a damaged archive (bad CRC, cut short) or a state that does not decode
+            raise ValueError(f"{path}: cannot read the model ({type(e).__name__}: {e}); the file is damaged, "
+                             "truncated or not written by SparseMLP.save") from None
+
+    @classmethod
+    def _from_npz(cls, z):
+        """The model stored in the open archive z; raises _BadModelFile or a decoding error."""
+        if "state" not in z.files:
+            raise _BadModelFile("not a hashlab model file (no 'state' entry)")
+        state = json.loads(bytes(_entry(z, "state", (None,), "u")).decode())
+        if not isinstance(state, dict) or "format" not in state:
+            raise _BadModelFile("not a hashlab model file (no format in its state)")
+        fmt = state["format"]
+        if fmt not in (1, FORMAT_VERSION):
+            newer = " (written by a newer hashlab?)" if isinstance(fmt, int) and fmt > FORMAT_VERSION else ""
+            raise _BadModelFile(f"expected model format 1 or {FORMAT_VERSION}, got {fmt!r}{newer}")
+        kind = state.get("kind", "checkpoint")  # format 1 files are all checkpoints
+        if kind not in ("checkpoint", "inference"):
+            raise _BadModelFile(f"expected kind 'checkpoint' or 'inference', got {kind!r}")
+        model = cls.__new__(cls)
+        model._configure(**state["config"])
+        model.step, model.history = int(state["step"]), list(state["history"])
+        shapes = model._param_shapes()
+        trainable = kind == "checkpoint"
+        params = {}
+        for name, shape in shapes.items():
+            p = _Adam.__new__(_Adam) if trainable else _Weights.__new__(_Weights)
+            for part in "wmv" if trainable else "w":
+                setattr(p, part, np.ascontiguousarray(_entry(z, f"{name}.{part}", shape, "f"), dtype=np.float32))
+            params[name] = p
+        n_hidden = len(model.hidden)
+        model.layers = [params[f"layer{i}"] for i in range(n_hidden)]
+        model.biases = [params[f"bias{i}"] for i in range(n_hidden)]
+        model.out_w, model.out_b = params["out_w"], params["out_b"]
+        model.label_counts_ = None
+        if "label_counts" in z.files:
+            counts = _entry(z, "label_counts", (model.output_dim,), "iu").astype(np.int64)
+            if counts.size and counts.min() < 0:
+                raise _BadModelFile("label_counts: expected non-negative counts")
+            model.label_counts_ = counts
+        if trainable:
+            model._restore_training(z, state)
+        else:  # no tables, keys or learned-hash state: prediction needs none of them
+            model.tables = model._keys = model._dirty = None
             if model.hash == "learned":
-                model._restore_learned(path, z, state)
-        expect = {"out_w": (model.output_dim, model.hidden[-1]), "layer0": (model.input_dim, model.hidden[0])}
-        for name, p in model._named_params():
-            if name in expect and p.w.shape != expect[name]:
-                raise ValueError(f"{path}: {name} has shape {p.w.shape}, expected {expect[name]}")
-        if keys.shape != (model.output_dim, model.l) or dirty.shape != (model.output_dim,):
-            raise ValueError(f"{path}: stored hash keys do not match the model's shape")
-        model._build_tables(keys)
-        model._dirty = dirty
+                model._sched = model._qbuf = None
         return model
 
-    def _restore_learned(self, path, z, state):
+    def _restore_training(self, z, state):
+        """The rehash schedule, rng, hash keys (tables rebuilt from them) and learned-hash state
+        of a checkpoint."""
+        self.rebuilds, self._next_rebuild, self._period = state["rebuilds"], state["next_rebuild"], state["period"]
+        self._range_bits = state["range_bits"]
+        self._epoch_rng.bit_generator.state = state["epoch_rng"]
+        self.refits, self.rows_rehashed = state.get("refits", 0), state.get("rows_rehashed", 0)
+        keys = np.ascontiguousarray(_entry(z, "keys", (self.output_dim, self.l), "u"), dtype=np.uint32)
+        dirty = np.ascontiguousarray(_entry(z, "dirty", (self.output_dim,), "u"), dtype=np.uint8)
+        if self.hash == "learned":
+            self._restore_learned(z, state)
+        self._build_tables(keys)
+        self._dirty = dirty
+
+    def _restore_learned(self, z, state):
         """The learned hasher, the drift fingerprints and the query buffer of a checkpoint."""
         need = ("hash_W", "qbuf", "sched_ids", "sched_codes", "sched_base")
         if any(name not in z.files for name in need):
-            raise ValueError(f"{path}: a hash='learned' checkpoint without its learned hash state")
+            raise _BadModelFile("a hash='learned' checkpoint without its learned hash state")
         self.hasher = self._make_hasher()
-        self.hasher._set_W(np.asarray(z["hash_W"]))
+        self.hasher._set_W(np.asarray(_entry(z, "hash_W", self.hasher.W.shape, "f")))
         self.hasher.fit_seconds_ = float(state["hash_fit_seconds"])
         self.hasher.loss_history_ = [float(v) for v in state["hash_loss_history"]]
         self._hash_fitted = bool(state.get("hash_fitted", self.hasher.loss_history_))
         if "hash_opt_m" in z.files:
-            m, v = np.asarray(z["hash_opt_m"], np.float64), np.asarray(z["hash_opt_v"], np.float64)
-            if m.shape != (self.hasher.dim, self.hasher.nbits) or v.shape != m.shape:
-                raise ValueError(f"{path}: learned hash optimiser state has the wrong shape")
-            self.hasher._opt = dict(m=m, v=v, t=int(z["hash_opt_t"]))
-        qbuf = np.ascontiguousarray(z["qbuf"], dtype=np.float32)
-        if qbuf.shape != self._qbuf.shape:
-            raise ValueError(f"{path}: query buffer has shape {qbuf.shape}, expected {self._qbuf.shape}")
-        self._qbuf, self._qfill = qbuf, int(state["qfill"])
+            shape = (self.hasher.dim, self.hasher.nbits)
+            m = np.asarray(_entry(z, "hash_opt_m", shape, "f"), np.float64)
+            v = np.asarray(_entry(z, "hash_opt_v", shape, "f"), np.float64)
+            self.hasher._opt = dict(m=m, v=v, t=int(_entry(z, "hash_opt_t", (), "iu")))
+        self._qbuf = np.ascontiguousarray(_entry(z, "qbuf", self._qbuf.shape, "f"), dtype=np.float32)
+        self._qfill = int(state["qfill"])
         s = self._sched
         s._ids, s._codes, s._base = (np.asarray(z["sched_ids"], np.int64), np.asarray(z["sched_codes"], np.uint32),
                                      np.asarray(z["sched_base"], np.uint32))
-        if not (s._ids.shape == s._codes.shape == s._base.shape):
-            raise ValueError(f"{path}: drift fingerprints have mismatched shapes")
+        if not (s._ids.ndim == 1 and s._ids.shape == s._codes.shape == s._base.shape):
+            raise _BadModelFile("drift fingerprints have mismatched shapes")
         s._drift_bits = int(state["drift_bits"])
 
     def to_torch(self):
@@ -695,6 +810,49 @@ def atomic_savez(path, arrays):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class _BadModelFile(ValueError):
+    """A model file that is not a complete model of this format (load adds the path)."""
+
+
+class _Weights:
+    """A parameter of an inference-only model: weights (float32, C-contiguous), no moments."""
+
+    m = v = None
+
+    def __init__(self, w):
+        self.w = np.ascontiguousarray(w, dtype=np.float32)
+
+    @property
+    def nbytes(self):
+        return self.w.nbytes
+
+
+def _stored_weights(w, dtype, name):
+    """w as an inference-only file stores it: as is (float32) or rounded to float16."""
+    if dtype == "float32":
+        return w
+    with np.errstate(over="ignore"):
+        w16 = w.astype(np.float16)
+    if np.isinf(w16).any() and not np.isinf(w).any():
+        raise ValueError(f"dtype: expected weights within float16's range (|w| <= 65504), got max |{name}| = "
+                         f"{float(np.abs(w).max()):.4g}; save with dtype='float32'")
+    return w16
+
+
+def _entry(z, name, shape, kinds):
+    """Array ``name`` of the open archive z with the given shape (None: any length) and dtype kind
+    (a string of numpy kind codes), else _BadModelFile."""
+    if name not in z.files:
+        raise _BadModelFile(f"missing array {name!r}")
+    a = z[name]
+    if a.dtype.kind not in kinds:
+        raise _BadModelFile(f"{name}: expected dtype kind {kinds!r}, got {a.dtype}")
+    if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
+        want = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise _BadModelFile(f"{name} has shape {a.shape}, expected {want}")
+    return a
 
 
 def _dense_topk(H, W, b, k, chunk=65536):

@@ -1,4 +1,5 @@
-"""The hashlab command (hashlab.cli): info, argument errors, train, bench."""
+"""The hashlab command (hashlab.cli): info, argument errors, train, evaluate, predict, bench."""
+import inspect
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import hashlab
 from hashlab import cli
 from hashlab.bench import _common as C
 from hashlab.datasets import make_preset, save_xmc
+from hashlab.slide import SparseMLP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(hashlab.__file__)))
 P_LINE = re.compile(r"test P@1 (\d\.\d{4})  P@5 (\d\.\d{4})  \(dense inference")
@@ -67,6 +69,15 @@ def test_info_dict_matches_library():
     (["train", "--synthetic", "tiny", "--epochs", "0"], "--epochs"),
     (["train", "--synthetic", "tiny", "--lr", "nan"], "--lr"),
     (["train", "--synthetic", "tiny", "--hash", "md5"], "--hash"),
+    (["train", "--synthetic", "tiny", "--hidden", "64,x"], "--hidden"),
+    (["train", "--synthetic", "tiny", "--hidden", "0"], "--hidden"),
+    (["train", "--synthetic", "tiny", "--export-dtype", "float16"], "--export-dtype"),
+    (["train", "--synthetic", "tiny", "--export", "m.npz", "--export-dtype", "int8"], "--export-dtype"),
+    (["evaluate", "m.npz"], "TEST_FILE"),
+    (["evaluate", "m.npz", "t.txt", "--k", "0"], "--k"),
+    (["evaluate", "m.npz", "t.txt", "--mode", "exact"], "--mode"),
+    (["predict", "m.npz", "t.txt"], "--out"),
+    (["predict", "m.npz", "t.txt", "--out", "p.txt", "--k", "-2"], "--k"),
     (["nosuch"], "COMMAND"),
     ([], "COMMAND"),
 ])
@@ -142,9 +153,49 @@ def test_train_hash_choice_reaches_the_model(tmp_path, capsys):
 
 def test_train_default_save_path_in_working_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", "--synthetic", "tiny", "--scale", "0.05", "--epochs", "1", "--quiet"]) == 0
+    assert cli.main(["train", "--synthetic", "tiny", "--scale", "0.05", "--quiet"]) == 0
     assert (tmp_path / "hashlab-tiny-0.05.npz").is_file()
     assert "model saved to hashlab-tiny-0.05.npz" in capsys.readouterr().out
+    # without options the shell trains the model SparseMLP's defaults give
+    model = SparseMLP.load(tmp_path / "hashlab-tiny-0.05.npz")
+    assert model._config() == SparseMLP(model.input_dim, model.output_dim)._config()
+
+
+def signature_defaults(fn):
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+def test_cli_defaults_are_the_python_api_defaults():
+    init, fit = signature_defaults(SparseMLP.__init__), signature_defaults(SparseMLP.fit)
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--synthetic", "tiny"])
+    def norm(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else v
+    checked = set()
+    for dest, value in vars(args).items():  # every train option named like an API parameter
+        for fn, defaults in (("__init__", init), ("fit", fit)):
+            if dest in defaults:
+                assert norm(value) == norm(defaults[dest]), (dest, fn, value, defaults[dest])
+                checked.add(dest)
+    assert {"lr", "hidden", "target_active", "hash", "seed", "epochs", "batch_size"} <= checked
+    ev, pred = signature_defaults(SparseMLP.evaluate), signature_defaults(SparseMLP.predict_topk)
+    e = parser.parse_args(["evaluate", "m.npz", "t.txt"])
+    assert (e.k, e.mode) == (max(ev["ks"]), ev["mode"])
+    p = parser.parse_args(["predict", "m.npz", "t.txt", "--out", "p.txt"])
+    assert (p.k, p.mode) == (pred["k"], pred["mode"])
+
+
+def test_train_export_writes_an_inference_only_copy(tmp_path, capsys):
+    ck, ex = tmp_path / "ck.npz", tmp_path / "ex.npz"
+    argv = ["train", "--synthetic", "tiny", "--scale", "0.05", "--hidden", "16", "--save", str(ck),
+            "--export", str(ex), "--export-dtype", "float16", "--quiet"]
+    assert cli.main(argv) == 0
+    assert f"exported to {ex}" in capsys.readouterr().out
+    full, small = SparseMLP.load(ck), SparseMLP.load(ex)
+    assert small.inference_only and not full.inference_only
+    for (_, p), (_, q) in zip(full._named_params(), small._named_params()):
+        np.testing.assert_array_equal(q.w, p.w.astype(np.float16).astype(np.float32))
+    assert os.path.getsize(ex) < os.path.getsize(ck) / 6
 
 
 def test_train_from_xmc_files(tmp_path, capsys):
@@ -175,6 +226,150 @@ def test_train_single_file_holds_out_rows(tmp_path, capsys):
     n_test = Xtr.shape[0] - int(Xtr.shape[0] * 0.95)
     assert f"{Xtr.shape[0] - n_test:,} train / {n_test:,} test rows" in out
     assert "(lsh inference" in out and "model saved" not in out
+
+
+# -- evaluate, predict -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny trained model (checkpoint and float32 export), its test rows and their XMC file."""
+    d = tmp_path_factory.mktemp("cli_model")
+    Xtr, Ytr, Xte, Yte = make_preset("tiny", scale=0.05, seed=4)
+    m = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=(16,), lr=0.01, seed=0)
+    m.fit(Xtr, Ytr, epochs=2, batch_size=64, verbose=False)
+    m.save(d / "ck.npz")
+    m.save(d / "ex.npz", optimizer=False)
+    save_xmc(d / "test.txt", Xte, Yte)
+    return dict(model=m, ck=d / "ck.npz", ex=d / "ex.npz", test=d / "test.txt", X=Xte, Y=Yte)
+
+
+METRIC = re.compile(r"([A-Za-z]+@\d+) (\d\.\d{4})")
+
+
+@pytest.mark.parametrize("which, mode", [("ck", "dense"), ("ex", "lsh")])
+def test_evaluate_prints_every_metric_of_model_evaluate(saved, capsys, which, mode):
+    assert cli.main(["evaluate", str(saved[which]), str(saved["test"]), "--mode", mode]) == 0
+    out = capsys.readouterr().out
+    want = saved["model"].evaluate(saved["X"], saved["Y"], ks=(1, 3, 5), mode=mode)
+    assert dict(METRIC.findall(out)) == {name: f"{v:.4f}" for name, v in want.items()}
+    assert re.search(rf"^rows {saved['X'].shape[0]:,}, \d+\.\d\d s \({mode} inference\)$", out, re.M)
+
+
+def test_evaluate_json_and_larger_k(saved, capsys):
+    assert cli.main(["evaluate", str(saved["ex"]), str(saved["test"]), "--k", "10", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["metrics"] == saved["model"].evaluate(saved["X"], saved["Y"], ks=(1, 3, 5, 10))
+    assert res["rows"] == saved["X"].shape[0] and res["seconds"] >= 0 and res["mode"] == "dense"
+
+
+def test_evaluate_skips_rows_without_labels(saved, tmp_path, capsys):
+    X, Y = saved["X"], saved["Y"].tolil()
+    for r in (0, 7):
+        Y.rows[r], Y.data[r] = [], []
+    path = tmp_path / "some_unlabelled.txt"
+    save_xmc(path, X, Y.tocsr())
+    assert cli.main(["evaluate", str(saved["ex"]), str(path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    keep = np.setdiff1d(np.arange(X.shape[0]), [0, 7])
+    assert res["rows"] == keep.size and res["rows_without_labels"] == 2
+    assert res["metrics"] == saved["model"].evaluate(X[keep], saved["Y"][keep])
+
+
+def read_predictions(path):
+    rows = []
+    for line in path.read_text().splitlines():
+        pairs = [p.split(":") for p in line.split(" ")]
+        rows.append(([int(a) for a, _ in pairs], [b for _, b in pairs]))
+    return rows
+
+
+@pytest.mark.parametrize("mode", ["dense", "lsh"])
+def test_predict_writes_label_score_lines_best_first(saved, tmp_path, capsys, mode):
+    X = saved["X"]
+    unlabelled = tmp_path / "rows.txt"  # the label part of every row empty
+    save_xmc(unlabelled, X, [[] for _ in range(X.shape[0])], n_labels=1)
+    out = tmp_path / "preds.txt"
+    assert cli.main(["predict", str(saved["ex"]), str(unlabelled), "--k", "3", "--out", str(out),
+                     "--mode", mode]) == 0
+    assert f"to {out}" in capsys.readouterr().out
+    scores, labels = saved["model"].predict_topk(X, 3, mode=mode)
+    got = read_predictions(out)
+    assert len(got) == X.shape[0]
+    for (lab, sc), want_l, want_s in zip(got, labels, scores):
+        assert lab == want_l.tolist() and sc == ["%.6g" % v for v in want_s]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_predict_k_beyond_the_labels_gives_every_label(saved, tmp_path, capsys):
+    out = tmp_path / "all.txt"
+    assert cli.main(["predict", str(saved["ck"]), str(saved["test"]), "--k", "1000", "--out", str(out)]) == 0
+    got = read_predictions(out)
+    assert all(sorted(lab) == list(range(saved["model"].output_dim)) for lab, _ in got)
+
+
+def _write_with_line(path, saved, line_no, text):
+    """The test file with its line line_no (1-based, the header is line 1) replaced by text."""
+    lines = saved["test"].read_text().splitlines()
+    lines[line_no - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+@pytest.mark.parametrize("line, needle", [
+    ("3,150 1:0.5", "label index 150 out of range"),      # a label the model does not have
+    ("2 299:0.5 300:0.25", "feature index 300 out of range"),  # a feature beyond input_dim
+    ("1,2 5:0.5 oops", "expected feature 'index:value'"),  # malformed
+])
+def test_bad_rows_are_one_line_naming_file_and_line_and_write_nothing(saved, tmp_path, capsys, command, line,
+                                                                       needle):
+    m = saved["model"]
+    assert (m.input_dim, m.output_dim) == (300, 100)  # the ids above are just beyond these
+    data = tmp_path / "bad.txt"
+    _write_with_line(data, saved, 6, line)
+    out = tmp_path / "preds.txt"
+    out.write_text("previous predictions\n")
+    argv = [command, str(saved["ex"]), str(data)] + (["--out", str(out)] if command == "predict" else [])
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"hashlab {command}: error: {data}: line 6: ") and needle in err and err.count("\n") == 1
+    assert out.read_text() == "previous predictions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "preds.txt"]
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_model_file_of_another_version_or_kind_is_one_line(saved, tmp_path, capsys, command):
+    with np.load(saved["ex"]) as z:
+        arrays = {n: z[n] for n in z.files}
+    state = json.loads(bytes(arrays["state"]).decode())
+    newer = tmp_path / "newer.npz"
+    np.savez(newer, **dict(arrays, state=np.frombuffer(json.dumps(dict(state, format=99)).encode(), np.uint8)))
+    other = tmp_path / "other.npz"
+    np.savez(other, weights=np.ones(3))
+    out = tmp_path / "preds.txt"
+    for model, needle in ((newer, "format 1 or 2, got 99"), (other, "not a hashlab model file"),
+                          (tmp_path / "missing.npz", "no such model file")):
+        argv = [command, str(model), str(saved["test"])] + (["--out", str(out)] if command == "predict" else [])
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"hashlab {command}: error: ") and str(model) in err and needle in err
+        assert err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_predict_into_missing_folder_and_missing_data(saved, tmp_path, capsys):
+    assert cli.main(["predict", str(saved["ex"]), str(saved["test"]), "--out", str(tmp_path / "no" / "p.txt")]) == 1
+    assert "no such folder" in capsys.readouterr().err
+    assert cli.main(["predict", str(saved["ex"]), str(tmp_path / "none.txt"), "--out", str(tmp_path / "p.txt")]) == 1
+    assert "no such data file" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_process_exit_status(saved, tmp_path):
+    data = tmp_path / "bad.txt"
+    _write_with_line(data, saved, 4, "7 1:x")
+    r = run_cli("predict", str(saved["ex"]), str(data), "--out", str(tmp_path / "p.txt"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"hashlab predict: error: {data}: line 4: ")
 
 
 # -- bench -------------------------------------------------------------------------------
