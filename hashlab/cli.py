@@ -344,8 +344,8 @@ def cmd_train(args, parser) -> int:
     model.fit(Xtr, Ytr, epochs=args.epochs, batch_size=args.batch_size, validation=(Xte, Yte),
               checkpoint=None if save is None else os.fspath(save), verbose=not args.quiet)
     train_s = time.perf_counter() - t1
-    print(f"trained {args.epochs} epoch(s) in {train_s:.1f} s ({args.epochs * Xtr.shape[0] / train_s:,.0f} "
-          f"samples/s), {model.rebuilds} table rebuilds", flush=True)
+    print(f"trained {model.step:,} batches of {args.batch_size} in {train_s:.1f} s ({model.step / train_s:,.1f} "
+          f"batches/s), {model.rebuilds} table rebuilds", flush=True)
     modes = ("dense", "lsh") if args.lsh_eval else ("dense",)
     for mode in modes:
         t2 = time.perf_counter()

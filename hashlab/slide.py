@@ -602,7 +602,7 @@ class SparseMLP:
 
         optimizer=False, an inference-only file: weights and biases (no moments or hash keys:
         under a third of a checkpoint's size in float32), the configuration, ``step``,
-        ``history`` and ``label_counts_``.
+        ``history``, ``label_counts_`` and ``train_rows_``.
         ``load`` gives a model that predicts and evaluates (mode="lsh" builds its retriever from
         the weights) and that ``fit`` refuses.
 
@@ -630,8 +630,9 @@ class SparseMLP:
                          step=self.step, history=self.history)
             arrays = {}
         counts = getattr(self, "label_counts_", None)
-        if counts is not None:
+        if counts is not None:  # with the rows they count: the propensities of PSP@k need both
             arrays["label_counts"] = np.asarray(counts, dtype=np.int64)
+            state["train_rows"] = int(getattr(self, "train_rows_", 0))
         arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
         for name, p in self._named_params():
             if optimizer:
@@ -733,12 +734,12 @@ class SparseMLP:
         model.layers = [params[f"layer{i}"] for i in range(n_hidden)]
         model.biases = [params[f"bias{i}"] for i in range(n_hidden)]
         model.out_w, model.out_b = params["out_w"], params["out_b"]
-        model.label_counts_ = None
+        model.label_counts_, model.train_rows_ = None, 0
         if "label_counts" in z.files:
             counts = _entry(z, "label_counts", (model.output_dim,), "iu").astype(np.int64)
             if counts.size and counts.min() < 0:
                 raise _BadModelFile("label_counts: expected non-negative counts")
-            model.label_counts_ = counts
+            model.label_counts_, model.train_rows_ = counts, int(state.get("train_rows", 0))
         if trainable:
             model._restore_training(z, state)
         else:  # no tables, keys or learned-hash state: prediction needs none of them

@@ -193,9 +193,13 @@ def test_train_export_writes_an_inference_only_copy(tmp_path, capsys):
     assert f"exported to {ex}" in capsys.readouterr().out
     full, small = SparseMLP.load(ck), SparseMLP.load(ex)
     assert small.inference_only and not full.inference_only
+    weights = 0
     for (_, p), (_, q) in zip(full._named_params(), small._named_params()):
         np.testing.assert_array_equal(q.w, p.w.astype(np.float16).astype(np.float32))
-    assert os.path.getsize(ex) < os.path.getsize(ck) / 6
+        weights += p.w.size
+    # besides its float16 weights the export holds a part of what the checkpoint holds besides its
+    # float32 weights and two moments
+    assert os.path.getsize(ex) - 2 * weights < os.path.getsize(ck) - 12 * weights
 
 
 def test_train_from_xmc_files(tmp_path, capsys):

@@ -52,8 +52,9 @@ def all_scores(m, X, mode="dense"):
 
 def test_inference_file_holds_weights_and_biases_only(model, files):
     names = {n for n, _ in model._named_params()}
+    counts = {"label_counts"} if getattr(model, "label_counts_", None) is not None else set()  # set by fit
     with np.load(files["float32"]) as z:
-        assert set(z.files) == {"state"} | {n + ".w" for n in names}
+        assert set(z.files) == {"state"} | counts | {n + ".w" for n in names}
         state = json.loads(bytes(z["state"]).decode())
         for name, p in model._named_params():
             assert z[name + ".w"].dtype == np.float32
@@ -142,12 +143,12 @@ def test_inference_only_model_refuses_to_train_or_checkpoint(files, data, tmp_pa
 def test_label_counts_are_kept_by_both_kinds(data, tmp_path):
     _, Ytr, _, _ = data
     m = train(data, hidden=(8,))
-    m.label_counts_ = np.asarray(Ytr.sum(0)).ravel().astype(np.int64)
+    m.label_counts_, m.train_rows_ = np.asarray(Ytr.sum(0)).ravel().astype(np.int64) * 3, Ytr.shape[0] * 3
     for kw in ({}, {"optimizer": False}, {"optimizer": False, "dtype": "float16"}):
         m.save(tmp_path / "m.npz", **kw)
-        got = SparseMLP.load(tmp_path / "m.npz").label_counts_
-        assert got.dtype == np.int64
-        np.testing.assert_array_equal(got, m.label_counts_)
+        got = SparseMLP.load(tmp_path / "m.npz")
+        assert got.label_counts_.dtype == np.int64 and got.train_rows_ == m.train_rows_
+        np.testing.assert_array_equal(got.label_counts_, m.label_counts_)
     m.label_counts_ = None
     m.save(tmp_path / "none.npz", optimizer=False)
     assert SparseMLP.load(tmp_path / "none.npz").label_counts_ is None
