@@ -1,23 +1,77 @@
 """hashlab: hashing-based sparse computation on CPUs.
 
-Hash families (SimHash, WTAHash, DWTAHash, MinHash), LSH tables, SLIDE-style
-sparse training (SparseMLP), data sets and metrics, and the numba-callable kernels
-in hashlab.jit. torch is optional: hashlab.torch imports it.
+Everything public is importable from here:
+
+- hash families and tables: SimHash, WTAHash, DWTAHash, MinHash, LearnedSimHash (with
+  DriftScheduler), LSHTables, LSHParams / default_params, hamming;
+- applications: SparseMLP (SLIDE training), OutputRetriever (top-k of a linear layer),
+  LSHKVIndex / dense_attention / topk_attention (LSH-sampled attention), and the
+  label-sharded ShardedSparseMLP / ShardedRetriever over torch.distributed;
+- XMC data and metrics: load_xmc, save_xmc, make_xmc, make_preset, labels_to_csr,
+  precision_at_k, ndcg_at_k, psp_at_k, ...;
+- simd_level, set_num_threads, get_num_threads.
+
+numba-callable kernels are in hashlab.jit. torch is optional: hashlab.torch imports it
+(torch modules and the transformers attention plug-in); hashlab.distributed imports it
+only when a process group is used.
 """
+import importlib
+import importlib.util
+
 from . import _C
+from .attention import LSHKVIndex, dense_attention, fit_key_transform, sampling_probability, table_bits, topk_attention
+from .datasets import labels_to_csr, load_xmc, make_preset, make_xmc, save_xmc
 from .hashing import hamming
-from .learned import DriftScheduler, LearnedSimHash
+from .learned import DriftScheduler, LearnedSimHash, popcount32
+from .metrics import *  # noqa: F403  (every metric: hashlab.metrics.__all__)
 from .minhash import MinHash
-from .params import LSHParams, default_params
+from .params import LSHParams, default_params, retrieved_fraction
+from .retrieval import OutputRetriever, dense_topk
 from .simhash import SimHash
 from .slide import SparseMLP
-from .tables import LSHTables
+from .tables import MAX_BUCKET_CAPACITY, MAX_RANGE_BITS, LSHTables
 from .wta import DWTAHash, WTAHash
 from . import datasets, metrics
 
 __version__ = "0.1.0"
-__all__ = ["SimHash", "WTAHash", "DWTAHash", "MinHash", "LearnedSimHash", "DriftScheduler", "LSHTables", "LSHParams", "default_params", "hamming",
-           "SparseMLP", "datasets", "metrics", "simd_level", "set_num_threads", "get_num_threads"]
+
+# imported on first access (module-level __getattr__): hashlab.distributed (the torch.distributed
+# layer) and the other data sets' generators; a module missing from this tree stays out of __all__
+_LAZY = {
+    "ShardedSparseMLP": "distributed", "ShardedRetriever": "distributed", "label_range": "distributed",
+    "shard_rows": "distributed", "load_xmc_shard": "distributed",
+    "make_teacher_xmc": "teacher_data",
+    "make_debian_xmc": "debian_text", "read_dumpavail": "debian_text",
+}
+
+__all__ = [
+    # hashing and tables
+    "SimHash", "WTAHash", "DWTAHash", "MinHash", "LearnedSimHash", "DriftScheduler", "LSHTables", "LSHParams",
+    "default_params", "retrieved_fraction", "hamming", "popcount32", "MAX_RANGE_BITS", "MAX_BUCKET_CAPACITY",
+    # applications
+    "SparseMLP", "OutputRetriever", "dense_topk", "LSHKVIndex", "dense_attention", "topk_attention",
+    "sampling_probability", "table_bits", "fit_key_transform",
+    # data
+    "load_xmc", "save_xmc", "make_xmc", "make_preset", "labels_to_csr",
+    # runtime
+    "simd_level", "set_num_threads", "get_num_threads",
+    # modules
+    "datasets", "metrics",
+] + metrics.__all__
+__all__ += [name for name, mod in _LAZY.items() if importlib.util.find_spec(f"{__name__}.{mod}") is not None]
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 def simd_level() -> str:

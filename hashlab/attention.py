@@ -462,7 +462,8 @@ def dense_attention(queries, keys, values, scale=None, return_lse=False):
 def topk_attention(queries, keys, values, budget, scale=None, return_lse=False):
     """Exact softmax over the ``budget`` keys with the largest q.k of each query head
     (ties by position). budget: int, or (n_heads,) ints (e.g. the keys LSH touched).
-    Same arrays as ``dense_attention``."""
+    Same arrays as ``dense_attention``: queries (n_heads, d), keys and values
+    (n_kv_heads, n, d), float or bfloat16; returns out (n_heads, d) float32 (and lse)."""
     Q, K, V = _dense_args(queries, keys, values)
     H = Q.shape[0]
     if isinstance(budget, (bool, np.bool_)):
@@ -484,7 +485,8 @@ def topk_attention(queries, keys, values, budget, scale=None, return_lse=False):
 
 def sampling_probability(cos_theta, k, l, min_collisions=2):
     """(p, u) for cosines of the angle between query and centred key, computed by the
-    kernels' own code: p = (1 - acos(c)/pi)^k, u = P[Binomial(l, p) >= min_collisions]."""
+    kernels' own code: p = (1 - acos(c)/pi)^k, u = P[Binomial(l, p) >= min_collisions].
+    cos_theta: real array of any shape, values in [-1, 1]; p and u are float32 of its shape."""
     c = _array(cos_theta, "cos_theta")
     if c.dtype.kind not in "fiu":
         raise TypeError(f"cos_theta: expected a real array, got {c.dtype}")

@@ -6,15 +6,18 @@
 - enable_lsh_attention / disable_lsh_attention: the same decode attention for transformers
   Llama-family causal LMs, through transformers' AttentionInterface and an LSHCache
   (a DynamicCache subclass; needs the `transformers` package).
+- LSHOutputHead / install_lsh_head / remove_lsh_head: an nn.Linear output layer (LM head,
+  XMC layer) scored only on the classes an OutputRetriever finds.
 """
 from .mlp import SparseMLPModule
-from .output_head import LSHOutputHead, install_lsh_head, remove_lsh_head  # noqa: F401
+from .output_head import LSHOutputHead, install_lsh_head, remove_lsh_head
 from .attention import (LSHAttention, LSHAttentionParams, SUPPORTED_MODEL_TYPES, disable_lsh_attention,
                         enable_lsh_attention, is_lsh_attention_enabled, lsh_attention_forward, lsh_decode)
 
 __all__ = ["SparseMLPModule", "LSHAttention", "LSHAttentionParams", "enable_lsh_attention",
            "disable_lsh_attention", "is_lsh_attention_enabled", "lsh_attention_forward", "lsh_decode",
-           "SUPPORTED_MODEL_TYPES", "LSHCache", "LSHCacheLayer"]
+           "SUPPORTED_MODEL_TYPES", "LSHCache", "LSHCacheLayer", "LSHOutputHead", "install_lsh_head",
+           "remove_lsh_head"]
 
 
 def __getattr__(name):  # LSHCache / LSHCacheLayer subclass transformers classes: built on first access

@@ -351,7 +351,7 @@ def lsh_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     query (B, H, T, D), key/value as returned by the cache. With an LSHCache layer behind
     them: prefill -> transformers' SDPA, then the layer builds its indexes; decode -> LSH.
     Otherwise it is exactly transformers' ``sdpa_attention_forward``.
-    Returns (attn_output (B, T, H, D), None).
+    Returns (attn_output (B, T, H, D) in query's dtype, None).
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
