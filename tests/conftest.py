@@ -3,8 +3,19 @@ import pytest
 
 from hashlab import _C
 
-LEVELS = [lv for lv in ("scalar", "avx2", "avx512") if _C.simd_supported(lv)]
+ALL_LEVELS = ("scalar", "avx2", "avx512")
+LEVELS = [lv for lv in ALL_LEVELS if _C.simd_supported(lv)]  # the ones this CPU has
+# for @pytest.mark.parametrize("level", SIMD_PARAMS): every level is a test id, the ones
+# this CPU lacks skipped with the reason, never dropped from the run without a word
+SIMD_PARAMS = [pytest.param(lv, marks=pytest.mark.skipif(lv not in LEVELS, reason=f"this CPU lacks {lv}"))
+               for lv in ALL_LEVELS]
 AWKWARD_DIMS = [1, 3, 7, 8, 17, 33, 127, 128, 1000]
+
+
+def pytest_report_header(config):
+    missing = [lv for lv in ALL_LEVELS if lv not in LEVELS]
+    return (f"hashlab SIMD levels tested: {', '.join(LEVELS)}"
+            + (f"; not on this CPU (skipped): {', '.join(missing)}" if missing else ""))
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ import math
 import numpy as np
 import pytest
 
-from hashlab.attention import LSHKVIndex, fit_key_transform, sampling_probability
-from test_attention import np_dense  # the float64 dense reference
+from _tolerance import U, assert_close_to_f64, assert_within, gamma
+from hashlab.attention import LSHKVIndex, _bf16_to_f32, _f32_to_bf16, fit_key_transform, sampling_probability
+from test_attention import ORDERS32, np_dense, np_dense32, rowdot32  # the dense references
 
 pytest.importorskip("torch")
 
@@ -40,6 +41,20 @@ def anisotropic(rng, n_kv, n, nq, d=32, signal=8, noise=3.0):
 FAST = dict(steps=60, max_queries=256, reg=0.003)
 
 
+def np_learned32(Q, K, V, A, order, bf16=False):
+    """Dense attention in float32 the way a learned index computes it: keys A k (rounded
+    to bfloat16 when bf16), queries q A^-1 (A^-1 rounded from float64, as the index does),
+    every product in one of ORDERS32. Returns (out, lse)."""
+    n_kv, n, d = K.shape
+    G = Q.shape[0] // n_kv
+    A_inv = np.linalg.inv(A.astype(np.float64)).astype(np.float32)
+    Kt = np.stack([rowdot32(K[g][:, None, :], A[g][None], order) for g in range(n_kv)])
+    if bf16:
+        Kt = _bf16_to_f32(_f32_to_bf16(Kt))
+    Qt = np.concatenate([rowdot32(Q[g * G:(g + 1) * G, None, :], A_inv[g].T[None], order) for g in range(n_kv)])
+    return np_dense32(Qt, Kt, V, 1 / math.sqrt(d), order)
+
+
 @pytest.fixture(scope="module")
 def fitted():
     """A learned index (k=6, l=40) fitted on an anisotropic prompt, and its data."""
@@ -53,7 +68,10 @@ def test_transform_is_fitted_and_well_conditioned(fitted):
     idx = fitted[0]
     A = idx.transform
     assert A.shape == (2, 32, 32) and A.dtype == np.float32
-    assert np.allclose(A, A.transpose(0, 2, 1), atol=1e-5)  # expm of a symmetric matrix
+    # expm of a symmetric matrix in float64, rounded to float32: a[i, j] and a[j, i] round to
+    # the same or to adjacent floats, at most one ulp <= 2u |a| apart
+    At = A.transpose(0, 2, 1)
+    assert_within(A, At, 2 * U * np.maximum(np.abs(A), np.abs(At)), what="symmetry")
     assert (np.linalg.cond(A) < 50).all()
     assert not np.allclose(A, np.eye(32), atol=0.05)
 
@@ -61,19 +79,28 @@ def test_transform_is_fitted_and_well_conditioned(fitted):
 def test_logits_unchanged_and_forced_sampling_equals_dense(fitted):
     _, K, V, _, Qd = fitted
     A = fitted[0].transform
-    # the identity behind the design, on the stored maps: (q A^-1).(A k) = q.k
-    qk = np.einsum("hd,htd->ht", Qd.reshape(2, 2, 32)[:, 0], K)
-    qk_t = np.einsum("hd,htd->ht", np.einsum("hd,hde->he", Qd.reshape(2, 2, 32)[:, 0], np.linalg.inv(A)),
-                     K @ A.transpose(0, 2, 1))
-    np.testing.assert_allclose(qk_t, qk, rtol=1e-4, atol=1e-3 * np.abs(qk).max())
+    # the identity behind the design, on the stored maps: (q A^-1).(A k) = q.k, in float32
+    # with a float32 inverse. Bound: the maps' own error E = A^-1 A - I (float64, of the
+    # stored float32 values), |q| |E| |k|, plus the roundings of q A^-1, A k and their dot,
+    # ((1 + gamma_d)^3 - 1) (|q| |A^-1|).(|A| |k|)
+    q = Qd.reshape(2, 2, 32)[:, 0]
+    A_inv = np.linalg.inv(A)
+    qk_t = np.einsum("hd,htd->ht", np.einsum("hd,hde->he", q, A_inv), K @ A.transpose(0, 2, 1))
+    q_abs, K_abs, A_abs, Ai_abs = (np.abs(x.astype(np.float64)) for x in (q, K, A, A_inv))
+    E = np.abs(np.einsum("hde,hef->hdf", A_inv.astype(np.float64), A.astype(np.float64)) - np.eye(32))
+    bound = (np.einsum("hd,hde,hte->ht", q_abs, E, K_abs)
+             + ((1 + gamma(32)) ** 3 - 1) * np.einsum("hd,hde,hef,htf->ht", q_abs, Ai_abs, A_abs, K_abs))
+    assert_within(qk_t, np.einsum("hd,htd->ht", q.astype(np.float64), K.astype(np.float64)), bound, "q.k")
     # through the kernels: every indexed key sampled with probability 1 (m = 0)
     idx = LSHKVIndex(32, 2, k=6, l=40, min_collisions=0, window=16, learned=True)
     idx.transform = A
     idx.append(K[:, :1000], V[:, :1000]).append(K[:, 1000:], V[:, 1000:])
     out, lse, touched = idx.attend(Qd, return_stats=True)
+    # the float64 reference of the plain logits; the float32 ones through the maps
     ref, ref_lse = np_dense(Qd, K, V)
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=3e-5)
-    np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=1e-4)
+    refs32 = [np_learned32(Qd, K, V, A, o) for o in ORDERS32]
+    assert_close_to_f64(out, ref, [r[0] for r in refs32], what="out")
+    assert_close_to_f64(lse, ref_lse, [r[1] for r in refs32], what="lse")
     assert (touched == 1200).all()
 
 
@@ -82,8 +109,10 @@ def test_bfloat16_learned_index_close_to_dense(fitted):
     idx = LSHKVIndex(32, 2, k=6, l=40, min_collisions=0, window=16, learned=True, dtype="bfloat16")
     idx.transform = fitted[0].transform
     idx.append(K, V)
+    # the float32 references store A k in bfloat16 too: the bound is what that rounding costs
     ref, _ = np_dense(Qd, K, V)
-    assert np.linalg.norm(idx.attend(Qd) - ref) / np.linalg.norm(ref) < 0.02
+    refs32 = [np_learned32(Qd, K, V, idx.transform, o, bf16=True)[0] for o in ORDERS32]
+    assert_close_to_f64(idx.attend(Qd), ref, refs32, what="bfloat16 out")
 
 
 @pytest.mark.parametrize("learned", [False, True])

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from _tolerance import U, assert_within, gamma
 from hashlab.retrieval import OutputRetriever, csr_topk, dense_topk
 
 
@@ -29,6 +30,18 @@ def brute_topk(H, W, b, k):
     return np.take_along_axis(S, order, 1), order
 
 
+def score_bound(H, W, b):
+    """Bound on the float32 error of H @ W.T + b in any order: gamma_{d+1} (|H| |W|^T + |b|)."""
+    H, W = np.abs(H.astype(np.float64)), np.abs(W.astype(np.float64))
+    return gamma(H.shape[1] + 1) * (H @ W.T + (0 if b is None else np.abs(b.astype(np.float64))))
+
+
+def assert_unambiguous_ranks(exact, bound):
+    """Test-data precondition: consecutive ranked scores (rows of exact, best first) lie
+    further apart than their float32 error bounds, so any summation order ranks them the same."""
+    assert (-np.diff(exact, axis=1) > bound[:, 1:] + bound[:, :-1]).all(), "ambiguous test data: a near tie"
+
+
 def popcount_rows(x):
     return np.unpackbits(x.view(np.uint8), axis=1).sum(1)
 
@@ -42,16 +55,25 @@ def test_transform_ranks_by_inner_product(bias, calibrated):
     r = OutputRetriever(W, b, queries=H if calibrated else None, search="scan", l=8)
     Q, I = r.transform_queries(H).astype(np.float64), r.transform_items().astype(np.float64)
     assert Q.shape[1] == I.shape[1] == r.hash_dim == 9 + (2 if (bias or calibrated) else 1)
-    np.testing.assert_allclose(np.linalg.norm(I, axis=1), 1, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(Q, axis=1), 1, atol=1e-5)
+    # unit vectors in float64, each coordinate rounded once to float32: |norm - 1| <= u
+    # (plus the float64 arithmetic, gamma_{d+4} in double precision)
+    norm_bound = U + gamma(Q.shape[1] + 4, u=2.0 ** -53)
+    assert_within(np.linalg.norm(I, axis=1), np.ones(len(I)), norm_bound, "item norms")
+    assert_within(np.linalg.norm(Q, axis=1), np.ones(len(Q)), norm_bound, "query norms")
     cos = Q @ I.T
     logits = H.astype(np.float64) @ W.T.astype(np.float64) + (0 if b is None else b)
-    # cos = (logit - (a per-query constant)) / (a per-query positive scale): exactly affine per row
+    # cos = (logit - (a per-query constant)) / (a per-query positive scale): exactly affine per
+    # row for the float64 vectors. Rounding them to float32 moves each cos by at most
+    # e = (2u + u^2) |Q| |I|^T; the least-squares residual is (1 - projection) e, whose entries
+    # are at most |e|_2 (plus the float64 solve's, backward stable: gamma_n in double
+    # precision on |A| |coef| + |cos|)
+    e = (2 * U + U * U) * (np.abs(Q) @ np.abs(I).T)
     for i in range(len(H)):
         A = np.stack([logits[i], np.ones(W.shape[0])], 1)
         coef, *_ = np.linalg.lstsq(A, cos[i], rcond=None)
         assert coef[0] > 0
-        np.testing.assert_allclose(A @ coef, cos[i], atol=2e-5)
+        f64 = gamma(W.shape[0], u=2.0 ** -53) * (np.abs(A) @ np.abs(coef) + np.abs(cos[i]))
+        assert_within(A @ coef, cos[i], np.linalg.norm(e[i]) + f64, "affine fit")
 
 
 @pytest.mark.parametrize("search", ["scan", "tables"])
@@ -63,8 +85,10 @@ def test_topk_with_every_class_a_candidate_equals_brute_force(search):
     s, l = r.topk(H, 7)
     bs, bl = brute_topk(H, W, b, 7)
     assert s.dtype == np.float32 and l.dtype == np.int64 and s.shape == (30, 7)
+    bound = np.take_along_axis(score_bound(H, W, b), bl, 1)
+    assert_unambiguous_ranks(bs, bound)
     np.testing.assert_array_equal(l, bl)
-    np.testing.assert_allclose(s, bs, rtol=1e-5, atol=1e-5)
+    assert_within(s, bs, bound, "scores")
 
 
 @pytest.mark.parametrize("search", ["scan", "tables"])
@@ -82,8 +106,10 @@ def test_topk_is_the_exact_top_of_the_candidates(search):
         if c.size >= 3:
             exact = H[i].astype(np.float64) @ W[c].T.astype(np.float64) + b[c]
             order = np.lexsort((c, -exact))[:3]
+            bound = score_bound(H[i:i + 1], W[c[order]], b[c[order]])
+            assert_unambiguous_ranks(exact[order][None], bound)
             np.testing.assert_array_equal(l[i], c[order])
-            np.testing.assert_allclose(s[i], exact[order], rtol=1e-5, atol=1e-5)
+            assert_within(s[i], exact[order], bound[0], "scores")
         else:  # dense fallback
             np.testing.assert_array_equal(l[i], brute_topk(H[i:i + 1], W, b, 3)[1][0])
 
@@ -288,14 +314,16 @@ def test_lsh_output_head_logits_and_topk():
     dense = lin(x).detach()
     finite = torch.isfinite(out)
     assert (finite.sum(-1) == head.retriever.max_candidates).all()
-    torch.testing.assert_close(out[finite], dense[finite], rtol=1e-5, atol=1e-5)
+    exact = torch.from_numpy(H.astype(np.float64) @ W.T.astype(np.float64) + b).reshape(3, 4, 1500)
+    bound = torch.from_numpy(score_bound(H, W, b)).reshape(3, 4, 1500)
+    assert_within(out[finite].numpy(), exact[finite].numpy(), bound[finite].numpy(), "head logits")
     indptr, ids, _ = head.retriever.candidates(H)
     for i in range(12):
         got = torch.nonzero(finite.reshape(12, -1)[i]).ravel().numpy()
         np.testing.assert_array_equal(got, np.sort(ids[indptr[i]:indptr[i + 1]]))
     v, idx = head.topk(x, 3)
     assert v.shape == idx.shape == (3, 4, 3)
-    torch.testing.assert_close(v, out.topk(3, dim=-1).values)
+    assert torch.equal(v, out.topk(3, dim=-1).values)  # the same kernel's scores of the same candidates
     full = LSHOutputHead(lin, max_candidates=1500)
     assert torch.equal(full(x).argmax(-1), dense.argmax(-1))
     with pytest.raises(ValueError):
