@@ -112,8 +112,13 @@ def _pecos(cfg, Xtr, Ytr, work):
     train_s = time.perf_counter() - t0
     path = os.path.join(work, "pecos-model")
     model.save(path)
+    # predictions from the saved model loaded for inference (PECOS's deployment path: its C++
+    # predictor, the same rankings; a one-row call on the freshly trained model took 20-100x longer)
+    del model
+    model = XLinearModel.load(path, is_predict_only=True)
     res = dict(train_s=train_s, model_bytes=_size_on_disk(path), version=getattr(pecos, "__version__", "unknown"),
-               settings="PIFA + Indexer.gen + XLinearModel.train, defaults")
+               settings="PIFA + Indexer.gen + XLinearModel.train, defaults; predicts with "
+                        "XLinearModel.load(path, is_predict_only=True)")
 
     def predict(X):
         return _topk_of_csr(model.predict(X, only_topk=K, threads=t))
