@@ -308,10 +308,11 @@ def plot(name, s, machine, out):
                     label=f"hashlab SparseMLP defaults, budget {hl['budget']:.1f} s (validation curve)")
         ax.scatter([hl["train_s"]], [hl["val_P@1"]], marker="*", s=140, color="tab:red", zorder=3,
                    label="hashlab after fit (wall time, evaluations included)")
-    markers = iter("sD^vP")
+    styles = iter(zip("sD^vP", ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown")))
     for p in s["peers"]:
+        marker, color = next(styles)
         if p.get("status") == "ok":
-            ax.scatter([p["train_s"]], [p["val_P@1"]], marker=next(markers), s=60, zorder=3, label=p["system"])
+            ax.scatter([p["train_s"]], [p["val_P@1"]], marker=marker, color=color, s=60, zorder=3, label=p["system"])
     d = s["data"]
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel(f"P@1 on {d['n_val']:,} validation rows")
