@@ -37,8 +37,8 @@ def check_int(value, name, lo=None, hi=None):
     return value
 
 
-def check_float(value, name, lo=None, hi=None, lo_open=False):
-    """A finite real parameter within [lo, hi] (or (lo, hi] with lo_open)."""
+def check_float(value, name, lo=None, hi=None, lo_open=False, hi_open=False):
+    """A finite real parameter within [lo, hi] (lo_open / hi_open: that end excluded)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
     value = float(value)
@@ -46,10 +46,10 @@ def check_float(value, name, lo=None, hi=None, lo_open=False):
     if lo is not None:
         bad |= value <= lo if lo_open else value < lo
     if hi is not None:
-        bad |= value > hi
+        bad |= value >= hi if hi_open else value > hi
     if bad:
-        left = "(" if lo_open else "["
-        raise ValueError(f"{name}: expected a finite number in {left}{lo}, {hi}], got {value}")
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ValueError(f"{name}: expected a finite number in {left}{lo}, {hi}{right}, got {value}")
     return value
 
 

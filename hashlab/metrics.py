@@ -41,7 +41,7 @@ import scipy.sparse as sp
 from ._validate import _from_torch, check_int
 
 __all__ = ["top_k_labels", "precision_at_k", "precision_at_ks", "ndcg_at_k", "recall_at_k", "propensities",
-           "psp_at_k", "psndcg_at_k", "ranking_metrics", "most_frequent_baseline"]
+           "propensities_from_counts", "psp_at_k", "psndcg_at_k", "ranking_metrics", "most_frequent_baseline"]
 
 
 def top_k_labels(scores, k):
@@ -398,7 +398,18 @@ def propensities(Y_train, n_labels=None, A=0.55, B=1.5):
         L = n_labels if n_labels is not None else Y.shape[1]
     if N < 3:
         raise ValueError(f"Y_train: expected at least 3 rows (C = (ln N - 1)(B + 1)^A must be > 0), got {N}")
-    counts = np.bincount(Y.indices, minlength=L).astype(np.float64)
+    return propensities_from_counts(np.bincount(Y.indices, minlength=L), N, A, B)
+
+
+def propensities_from_counts(label_counts, n_rows, A=0.55, B=1.5):
+    """``propensities`` from the training rows per label: label_counts (L,) non-negative
+    ints or floats, n_rows int >= 3 (N). Returns (L,) float64 in (0, 1)."""
+    A = _positive(A, "A")
+    B = _positive(B, "B")
+    counts = np.asarray(label_counts, dtype=np.float64)
+    if counts.ndim != 1 or not np.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError(f"label_counts: expected a 1-D array of finite counts >= 0, got shape {counts.shape}")
+    N = check_int(n_rows, "n_rows", 3)
     C = (np.log(N) - 1.0) * (B + 1.0) ** A
     return 1.0 / (1.0 + C * (counts + B) ** -A)
 

@@ -79,6 +79,7 @@ from ._validate import _from_torch, as_ids, check_choice, check_float, check_int
 from .params import default_params
 from .simhash import SimHash
 from .tables import LSHTables
+from .topk import dense_topk
 
 __all__ = ["OutputRetriever", "dense_topk"]
 
@@ -90,7 +91,6 @@ LARGE_SCAN_BITS = 256
 LARGE_SCAN_CANDIDATES = 2000
 DEFAULT_TABLES_L = 64
 MAX_SCAN_BITS = 1023 * 64           # the scan kernel's limit (16-bit distances)
-_DENSE_CHUNK = 65536
 LEARNED_SCAN_K = 8                 # bits per table in the fitting objective of a learned "scan"
 
 
@@ -141,32 +141,6 @@ def _sym_power(S, p, floor=1e-6):
     ev, V = np.linalg.eigh(S)
     ev = np.maximum(ev, max(float(ev[-1]), 1e-30) * floor)
     return (V * ev ** p) @ V.T
-
-
-def dense_topk(H, W, b, k, chunk=_DENSE_CHUNK):
-    """Exact top-k of H @ W.T + b: (scores float32 (n, k), labels int64 (n, k)), best first.
-
-    Chunked over the classes so that at most (n, chunk) logits exist at once. Ties go
-    to the lower label id among the kept ones.
-    """
-    n = H.shape[0]
-    k = min(k, W.shape[0])
-    best_s = np.full((n, 0), -np.inf, np.float32)
-    best_l = np.zeros((n, 0), np.int64)
-    for c in range(0, W.shape[0], chunk):
-        S = H @ W[c:c + chunk].T
-        if b is not None:
-            S += b[c:c + chunk]
-        kk = min(k, S.shape[1])
-        if kk < S.shape[1]:
-            part = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
-        else:
-            part = np.broadcast_to(np.arange(S.shape[1]), (n, S.shape[1]))
-        cand_s = np.concatenate([best_s, np.take_along_axis(S, part, 1)], axis=1)
-        cand_l = np.concatenate([best_l, part + c], axis=1)
-        order = np.lexsort((cand_l, -cand_s), axis=1)[:, :k]
-        best_s, best_l = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_l, order, 1)
-    return best_s.astype(np.float32, copy=False), best_l
 
 
 def csr_topk(indptr, ids, scores, k):

@@ -132,14 +132,17 @@ def test_save_load_round_trip_and_exact_resume(tmp_path):
     rng = np.random.default_rng(3)
     X, labels = tiny_data(rng, n=48, D=25, L=10)
     a = SparseMLP(25, 10, hidden=(8,), target_active=10, seed=1)
-    a.fit(X, labels, epochs=2, batch_size=8, verbose=False)
+    # a constant rate: each fit call is one planned run of a decaying schedule, so two calls of
+    # one epoch equal one call of two only without it
+    const = dict(batch_size=8, verbose=False, lr_schedule="constant", warmup=0.0)
+    a.fit(X, labels, epochs=2, **const)
     b = SparseMLP(25, 10, hidden=(8,), target_active=10, seed=1)
-    b.fit(X, labels, epochs=1, batch_size=8, verbose=False)
+    b.fit(X, labels, epochs=1, **const)
     b.save(tmp_path / "m.npz")
     c = SparseMLP.load(tmp_path / "m.npz")
     np.testing.assert_array_equal(c.predict_topk(X, 3)[1], b.predict_topk(X, 3)[1])
     assert c.step == b.step and np.array_equal(c.out_w.m, b.out_w.m)
-    c.fit(X, labels, epochs=1, batch_size=8, verbose=False)
+    c.fit(X, labels, epochs=1, **const)
     for p, q in zip(a._named_params(), c._named_params()):
         np.testing.assert_array_equal(p[1].w, q[1].w)
 

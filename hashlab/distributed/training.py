@@ -11,9 +11,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _C
-from .._validate import check_choice, check_int
+from .._validate import check_choice, check_float, check_int
 from ..retrieval import dense_topk
 from ..slide import HASHES, SparseMLP, _Adam, _as_features, _as_labels, _uniform
+from ..train_control import SCHEDULES, lr_factor
 from .checkpoint import read_checkpoint, write_checkpoint
 from .comm import _Comm
 from .retriever import ShardedRetriever, _merge_topk
@@ -262,9 +263,9 @@ class ShardedSparseMLP(SparseMLP):
             Dt = D[touched]
             dH = np.asarray(Dt.T @ W.w[touched], dtype=np.float32)
             G, gb = np.ascontiguousarray(Dt @ H, dtype=np.float32), np.asarray(Dt.sum(1)).ravel()
-        _C.adam_rows(W.w, W.m, W.v, touched, G, self.lr, _B1, _B2, _EPS, t)
+        _C.adam_rows(W.w, W.m, W.v, touched, G, self.lr * self._lr_scale, _B1, _B2, _EPS, t)
         _C.adam_rows(b.w, b.m, b.v, touched, np.ascontiguousarray(gb, np.float32).reshape(-1, 1),
-                     self.lr, _B1, _B2, _EPS, t)
+                     self.lr * self._lr_scale, _B1, _B2, _EPS, t)
         self._dirty[touched] = 1
         tm = self.timings
         tm["output"] = tm.get("output", 0.0) + t_out + time.perf_counter() - t0
@@ -297,12 +298,12 @@ class ShardedSparseMLP(SparseMLP):
         for i in range(len(self.hidden) - 1, -1, -1):
             gbias = flat[pos:pos + self.hidden[i]]
             pos += self.hidden[i]
-            self.biases[i].dense_step(gbias, self.lr, _B1, _B2, _EPS, t)
+            self.biases[i].dense_step(gbias, self.lr * self._lr_scale, _B1, _B2, _EPS, t)
             if i > 0:
                 shp = self.layers[i].w.shape
                 gW = flat[pos:pos + shp[0] * shp[1]].reshape(shp)
                 pos += gW.size
-                self.layers[i].dense_step(gW, self.lr, _B1, _B2, _EPS, t)
+                self.layers[i].dense_step(gW, self.lr * self._lr_scale, _B1, _B2, _EPS, t)
         allg = np.concatenate([allg[q, :heads[q, 1]] for q in range(comm.world)])
         frows = allg[:, 0].astype(np.int64)
         fg = np.ascontiguousarray(allg[:, 1:]).view(np.float32)
@@ -314,7 +315,7 @@ class ShardedSparseMLP(SparseMLP):
             # rows seen by several ranks are summed (none with one rank)
             Gin = fg if starts.size == frows.size else np.add.reduceat(fg, starts, axis=0)
             Gin = np.ascontiguousarray(Gin, dtype=np.float32)
-            _C.adam_rows(L0.w, L0.m, L0.v, frows[starts], Gin, self.lr, _B1, _B2, _EPS, t)
+            _C.adam_rows(L0.w, L0.m, L0.v, frows[starts], Gin, self.lr * self._lr_scale, _B1, _B2, _EPS, t)
         tm["replicated"] = tm.get("replicated", 0.0) + t_rep + time.perf_counter() - th
         self.step = t
         if self.step >= self._next_rebuild:
@@ -323,7 +324,7 @@ class ShardedSparseMLP(SparseMLP):
 
     # -- public API ------------------------------------------------------------------------------
     def fit(self, X, Y, epochs=1, batch_size=256, validation=None, checkpoint=None, eval_every=None,
-            eval_size=2000, verbose=True):
+            eval_size=2000, verbose=True, lr_schedule="linear", warmup=0.05):
         """Trains on this rank's rows X (m, input_dim) CSR float32 with labels Y (collective).
 
         Each global batch of ``batch_size`` rows takes about batch_size / world_size rows from
@@ -331,7 +332,8 @@ class ShardedSparseMLP(SparseMLP):
         (X_val, Y_val), the same rows on every rank; P@1 on up to ``eval_size`` of them every
         ``eval_every`` batches and at the end of each epoch goes to ``self.history`` (time,
         step, samples, loss moving average, P@1). checkpoint: a directory ``save``d after
-        every epoch. Returns self.
+        every epoch. lr_schedule / warmup: as SparseMLP.fit, over the planned epochs (the same
+        factor on every rank). Returns self.
         """
         comm = self._comm
         X = _as_features(X, self.input_dim)
@@ -340,6 +342,8 @@ class ShardedSparseMLP(SparseMLP):
         epochs = check_int(epochs, "epochs", 0)
         batch_size = check_int(batch_size, "batch_size", comm.world)
         eval_size = check_int(eval_size, "eval_size", 1)
+        lr_schedule = check_choice(lr_schedule, "lr_schedule", SCHEDULES)
+        warmup = check_float(warmup, "warmup", 0.0, 1.0, hi_open=True)
         counts = comm.all_gather(np.array([m], np.int64), "data set sizes")[:, 0]
         if counts.sum() == 0:
             raise ValueError("X: expected at least one row over all ranks, got an empty data set")
@@ -347,7 +351,9 @@ class ShardedSparseMLP(SparseMLP):
                         for q in range(comm.world)])
         n_batches = int((-(-counts // lbs)).max())
         eval_every = max(1, n_batches // 10) if eval_every is None else check_int(eval_every, "eval_every", 1)
-        val = self._validation_subset(validation, eval_size)
+        if validation is not None and not isinstance(validation, (tuple, list)):
+            raise TypeError("validation: expected a tuple (X_val, Y_val), the same rows on every rank")
+        val = self._split_validation(X, Y, validation, eval_size)[2]
         from tqdm.auto import tqdm
 
         my_bs = int(lbs[comm.rank])
@@ -355,13 +361,15 @@ class ShardedSparseMLP(SparseMLP):
                    dynamic_ncols=True)
         comm.barrier("start of fit")
         t0 = time.perf_counter()
-        seen, ema, eval_s = 0, None, 0.0
+        seen, ema, eval_s, done = 0, None, 0.0, 0
         train_time, prior = (self.history[-1]["time"], self.history[-1]["samples"]) if self.history else (0.0, 0)
         try:
             for _ in range(epochs):
                 order = np.random.default_rng([self.seed + 1, self.rank, self.epochs]).permutation(m)
                 self.epochs += 1
                 for bi in range(n_batches):
+                    self._lr_scale = lr_factor(lr_schedule, done / max(1, epochs * n_batches), warmup)
+                    done += 1
                     idx = np.sort(order[bi * my_bs:(bi + 1) * my_bs])
                     loss, nb = self._train_batch(X[idx], Y[idx])
                     seen += nb
@@ -369,11 +377,12 @@ class ShardedSparseMLP(SparseMLP):
                     bar.update(nb)
                     elapsed = time.perf_counter() - t0 - eval_s
                     due = val is not None and ((bi + 1) % eval_every == 0 or bi == n_batches - 1)
-                    eval_s += self._report_progress(bar, val if due else None, ema, seen, elapsed, train_time, prior)
+                    eval_s += self._report_progress(bar, val if due else None, ema, seen, elapsed, train_time, prior)[0]
                 if checkpoint is not None:
                     self.save(checkpoint)
         finally:
             bar.close()
+            self._lr_scale = 1.0
         comm.barrier("end of fit")
         return self
 
