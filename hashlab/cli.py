@@ -57,6 +57,18 @@ def _positive(cast, what):
 
 
 _positive_int = _positive(int, "integer")
+VALIDATION_FRACTION = 0.02  # hashlab train's held-out share of the training rows
+
+
+def _fraction(text):
+    """argparse type: a number in [0, 0.5)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 0.5), got {text!r}") from None
+    if not 0 <= v < 0.5:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 0.5), got {text}")
+    return v
 _positive_float = _positive(float, "number")
 
 
@@ -133,10 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--scale", type=_positive_float, default=None,
                    help="--synthetic: multiply the preset's rows, features and labels (default 1)")
     from hashlab.slide import HASHES, SAVE_DTYPES
+    from hashlab.train_control import SCHEDULES
     api = api_defaults()
     init, fit = api["init"], api["fit"]
     t.add_argument("--epochs", type=_positive_int, default=fit["epochs"],
                    help=f"passes over the training rows (default {_shown(fit['epochs'])})")
+    t.add_argument("--time-budget", type=_positive_float, default=fit["time_budget"], metavar="SECONDS",
+                   help="stop training after this many seconds (with no --epochs: as many passes as fit; "
+                        f"default {_shown(fit['time_budget'])})")
+    t.add_argument("--validation", type=_fraction, default=VALIDATION_FRACTION, metavar="FRACTION", dest="holdout",
+                   help="fraction of the training rows held out for validation P@1 (progress bar, early "
+                        f"stopping, best weights restored; at most 20,000 rows; default {VALIDATION_FRACTION}; "
+                        "0: none)")
+    t.add_argument("--early-stopping", type=_positive_int, default=fit["early_stopping"], metavar="PATIENCE",
+                   help="stop after this many validations without a better P@1 "
+                        f"(default {_shown(fit['early_stopping'])})")
+    t.add_argument("--lr-schedule", choices=SCHEDULES, default=fit["lr_schedule"],
+                   help=f"learning-rate schedule over the run, after warm-up (default {fit['lr_schedule']})")
     t.add_argument("--hidden", type=_widths, default=init["hidden"],
                    help=f"hidden layer widths, e.g. 128 or 256,128 (default {_shown(init['hidden'])})")
     t.add_argument("--target-active", type=_positive_int, default=init["target_active"],
@@ -341,7 +366,10 @@ def cmd_train(args, parser) -> int:
     print(f"model: {model}, {model.nbytes / 2**20:.0f} MiB; SIMD {hashlab.simd_level()}, "
           f"{hashlab.get_num_threads()} threads", flush=True)
     t1 = time.perf_counter()
-    model.fit(Xtr, Ytr, epochs=args.epochs, batch_size=args.batch_size, validation=(Xte, Yte),
+    # validation rows come from the training file: the test rows must not pick the weights
+    model.fit(Xtr, Ytr, epochs=args.epochs, batch_size=args.batch_size,
+              validation=args.holdout if args.holdout > 0 else None, time_budget=args.time_budget,
+              early_stopping=args.early_stopping if args.holdout > 0 else None, lr_schedule=args.lr_schedule,
               checkpoint=None if save is None else os.fspath(save), verbose=not args.quiet)
     train_s = time.perf_counter() - t1
     print(f"trained {model.step:,} batches of {args.batch_size} in {train_s:.1f} s ({model.step / train_s:,.1f} "

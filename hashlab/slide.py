@@ -638,7 +638,7 @@ class SparseMLP:
         if isinstance(validation, (float, np.floating)):
             frac = check_float(validation, "validation", 0.0, 0.5, lo_open=True, hi_open=True)
             n = X.shape[0]
-            n_val = min(MAX_HELD_OUT, int(round(frac * n)))
+            n_val = min(MAX_HELD_OUT, max(1, int(round(frac * n))))
             if n_val < 1 or n_val >= n:
                 raise ValueError(f"validation: a fraction {frac} of {n} rows holds out {n_val}; expected 1 to {n - 1}")
             perm = rng.permutation(n)

@@ -432,3 +432,16 @@ def test_report_rows_and_checks():
         C.resolve_threads(0)
     with pytest.raises(TypeError):
         C.resolve_threads(2.0)
+
+
+def test_train_with_time_budget_and_held_out_validation(tmp_path, capsys):
+    path = tmp_path / "m.npz"
+    argv = ["train", "--synthetic", "tiny", "--scale", "0.05", "--quiet", "--time-budget", "600",
+            "--epochs", "2", "--validation", "0.1", "--early-stopping", "50", "--save", str(path)]
+    assert cli.main(argv) == 0
+    m = SparseMLP.load(path)
+    n_train = round(20_000 * 0.05)  # the tiny preset at scale 0.05
+    assert m.train_rows_ == n_train - round(0.1 * n_train) and m.history  # held out, validated
+    with pytest.raises(SystemExit) as e:  # usage error
+        cli.main(["train", "--synthetic", "tiny", "--validation", "0.5"])
+    assert e.value.code == 2
