@@ -101,7 +101,7 @@ def prefill(model, ids):
 
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(ids[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
     return cache
 
 
@@ -132,7 +132,7 @@ def answer(model, tok, ids, lsh=None, cache=None, max_new_tokens=8):
     t_build = time.perf_counter() - t
     t = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache,
                              max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
     dt = time.perf_counter() - t
     new = out[0, ids.shape[1]:]
@@ -220,7 +220,7 @@ def run_agreement(model, tok, context, steps, settings=({},), path=None, log=pri
     def step(cache, tok_id, clock):
         t = time.perf_counter()
         with torch.no_grad():
-            out = model(tok_id.view(1, 1), past_key_values=cache, use_cache=True).logits[0, -1].argmax()
+            out = model(tok_id.view(1, 1), cache=cache, use_cache=True).logits[0, -1].argmax()
         clock[0] += time.perf_counter() - t
         return out
 
