@@ -513,6 +513,7 @@ class SparseMLP:
         else:
             eval_every = check_int(eval_every, "eval_every", 1)
         init = check_choice(init, "init", ("centroid", "random"))
+        clock = RunClock(None, time_budget)  # the budget covers the init and everything after it
         if init == "centroid" and self.step == 0:
             self._init_from_centroids(X, Y)
         counts = np.bincount(Y.indices, minlength=self.output_dim).astype(np.int64)
@@ -525,7 +526,7 @@ class SparseMLP:
         restore = None
         if threading.current_thread() is threading.main_thread():
             restore = signal.signal(signal.SIGINT, lambda *a: interrupted.append(True))
-        clock = RunClock(None if epochs is None else epochs * n_batches, time_budget)
+        clock.total_batches = None if epochs is None else epochs * n_batches
         stopper = EarlyStopping(early_stopping, restore_best and val is not None)
         total = epochs * n if epochs is not None else None
         bar = tqdm(total=total, unit="samples", disable=not verbose, dynamic_ncols=True)
