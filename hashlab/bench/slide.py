@@ -48,6 +48,7 @@ import scipy.sparse as sp
 import hashlab
 
 from . import _common as C
+from .xmc_worker import _proc_status  # the standalone worker's (it cannot import hashlab)
 
 NAME = "slide"
 PNG = "slide_p1_vs_time.png"
@@ -87,17 +88,6 @@ def _thresholds(budget):
 # ---------------------------------------------------------------------------
 # worker side (one system per process)
 # ---------------------------------------------------------------------------
-
-def _proc_status():
-    """VmRSS and VmHWM of this process, bytes."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, val = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(val.split()[0]) * 1024
-    return out
-
 
 def _reset_peak():
     """Resets VmHWM to the current RSS (Linux >= 4.0); False if not allowed."""

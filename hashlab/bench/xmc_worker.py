@@ -36,6 +36,7 @@ K = 5
 
 
 def _proc_status():
+    """VmRSS and VmHWM of this process, bytes (also used by hashlab.bench.slide)."""
     out = {}
     with open("/proc/self/status") as f:
         for line in f:
