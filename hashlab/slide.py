@@ -64,6 +64,10 @@ DEFAULT_BATCH = 256
 WIDE_FROM_LABELS = 50_000  # default hidden width: 128 below this many labels, 512 from it
 CENTROID_SCALE = 10.0      # logit scale of centroid-initialised output rows (fit's init="centroid")
 MAX_HELD_OUT = 20_000   # rows a fractional validation holds out, at most
+# fit's automatic evaluations wait while they have taken more than this share of its time:
+# scoring 2,000 rows against 20K labels costs as much as ~20 training batches, and at 10 per
+# epoch they took 79% of a 30 s budget (amazon-670k-like at scale 0.03)
+EVAL_SHARE = 0.1
 _QUERY_BUFFER = 1024  # recent hidden activations kept as the learned hash's training queries
 
 
@@ -464,7 +468,8 @@ class SparseMLP:
         given rows (a seeded random choice, at most 20,000 rows) is held out of training.
         P@1 on ``eval_size`` of its rows (int, or None for all of them; a fixed random
         sample) is computed every ``eval_every`` batches (default: 10 times per epoch, and at
-        least every 5% of a time budget) and at the end, shown on the progress bar and
+        least every 5% of a time budget, skipped while evaluations have taken more than
+        EVAL_SHARE of the time so far) and after the last batch, shown on the progress bar and
         appended to ``self.history``. early_stopping: None or int patience: stop after that
         many evaluations in a row without a better P@1. restore_best (default True, with
         validation): at the end the weights of the best evaluation are put back (the Adam
@@ -508,7 +513,8 @@ class SparseMLP:
         X, Y, val = self._split_validation(X, Y, validation, eval_size)
         n = X.shape[0]
         n_batches = -(-n // batch_size)
-        if eval_every is None:
+        auto_eval = eval_every is None
+        if auto_eval:
             eval_every = max(1, n_batches // 10)
         else:
             eval_every = check_int(eval_every, "eval_every", 1)
@@ -548,10 +554,13 @@ class SparseMLP:
                     bar.update(idx.size)
                     out_of_time = clock.out_of_time()
                     elapsed = clock.elapsed() - eval_s
-                    # with a budget: every 5% of it too, unless evaluations already took a tenth of the time
-                    by_time = (time_budget is not None and elapsed - last_eval >= 0.05 * time_budget and
-                               eval_s < 0.1 * clock.elapsed())
-                    due = val is not None and ((b + 1) % eval_every == 0 or b == n_batches - 1 or out_of_time or by_time)
+                    last = out_of_time or (epochs is not None and epoch == epochs - 1 and b == n_batches - 1)
+                    # with a budget: every 5% of it too
+                    by_time = time_budget is not None and elapsed - last_eval >= 0.05 * time_budget
+                    planned = (b + 1) % eval_every == 0 or b == n_batches - 1 or by_time
+                    if auto_eval and eval_s > EVAL_SHARE * clock.elapsed():
+                        planned = False
+                    due = val is not None and (planned or last)
                     if due:
                         last_eval = elapsed
                     dt, p1 = self._report_progress(bar, val if due else None, ema, seen, elapsed, train_time, prior)

@@ -47,6 +47,34 @@ def test_time_budget_stops_after_the_batch_that_crosses_it(monkeypatch):
     assert m.step == 4  # 0.3, 0.6, 0.9 < 1.0 <= 1.2
 
 
+def test_automatic_evaluations_keep_to_their_share_of_the_time(monkeypatch):
+    Xtr, Ytr, Xte, Yte = data()
+    clock = FakeClock()
+    monkeypatch.setattr(train_control.time, "perf_counter", clock)
+
+    def run(**kw):
+        m = model()
+        real = m._train_batch
+
+        def batch(X, Y):
+            clock.t += 0.1
+            return real(X, Y)
+
+        def slow_eval(X, Y):
+            clock.t += 1.0  # one evaluation "costs" ten batches
+            return 0.5
+
+        monkeypatch.setattr(m, "_train_batch", batch)
+        monkeypatch.setattr(m, "_precision_at_1", slow_eval)
+        m.fit(Xtr, Ytr, epochs=2, batch_size=40, validation=(Xte, Yte), verbose=False, **kw)
+        return [h["step"] for h in m.history]
+
+    # 10 batches per epoch: the default plans one evaluation per batch; after the first (1 s of
+    # 1.1 s) evaluations exceed EVAL_SHARE of the time until the end, and the last batch always has one
+    assert run() == [1, 20]
+    assert run(eval_every=1) == list(range(1, 21))  # an explicit cadence is kept
+
+
 def test_early_stopping_restores_the_best_weights(monkeypatch):
     Xtr, Ytr, Xte, Yte = data()
     m = model()
