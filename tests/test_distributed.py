@@ -388,3 +388,17 @@ def test_example_runs_as_one_process(capsys):
     assert mod.main(["--labels", "300", "--features", "500", "--train-rows", "600", "--hidden", "16",
                      "--target-active", "30"]) == 0
     assert "test P@1" in capsys.readouterr().out
+
+
+def test_defaults_are_sparse_mlps():
+    # the docstring promises SparseMLP's defaults for every shared parameter
+    import inspect
+
+    from hashlab.slide import SparseMLP
+
+    def defaults(fn):
+        return {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+    ours, theirs = defaults(ShardedSparseMLP.__init__), defaults(SparseMLP.__init__)
+    shared = set(ours) & set(theirs)
+    assert {"hidden", "lr", "target_active", "hash"} <= shared
+    assert {n: ours[n] for n in shared} == {n: theirs[n] for n in shared}

@@ -108,8 +108,8 @@ class ShardedSparseMLP(SparseMLP):
     See the module docstring for the algorithm and the data split.
     """
 
-    def __init__(self, input_dim, output_dim, hidden=(128,), activation="relu", hash="simhash", k=None, l=None,
-                 target_active=None, lr=1e-3, seed=0, bucket_capacity=None, rebuild_first=50,
+    def __init__(self, input_dim, output_dim, hidden=None, activation="relu", hash="simhash", k=None, l=None,
+                 target_active=None, lr=5e-3, seed=0, bucket_capacity=None, rebuild_first=50,
                  rebuild_growth=1.2, bin_size=8, refit_threshold=0.1, distributed=None, timeout=300.0):
         self._comm = _Comm(distributed, timeout)
         ok = False
