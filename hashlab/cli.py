@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive_int, default=fit["batch_size"],
                    help=f"rows per batch (default {_shown(fit['batch_size'])})")
     t.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: hashlab's)")
+    t.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=fit["rerank"],
+                   help="end training with the feature re-ranker (SparseMLP.fit's rerank; default "
+                        f"{'on' if fit['rerank'] else 'off'})")
     t.add_argument("--seed", type=int, default=init["seed"],
                    help=f"seed for data, initialisation and hashing (default {_shown(init['seed'])})")
     t.add_argument("--save", type=pathlib.Path, default=None,
@@ -370,7 +373,7 @@ def cmd_train(args, parser) -> int:
     model.fit(Xtr, Ytr, epochs=args.epochs, batch_size=args.batch_size,
               validation=args.holdout if args.holdout > 0 else None, time_budget=args.time_budget,
               early_stopping=args.early_stopping if args.holdout > 0 else None, lr_schedule=args.lr_schedule,
-              checkpoint=None if save is None else os.fspath(save), verbose=not args.quiet)
+              checkpoint=None if save is None else os.fspath(save), verbose=not args.quiet, rerank=args.rerank)
     train_s = time.perf_counter() - t1
     print(f"trained {model.step:,} batches of {args.batch_size} in {train_s:.1f} s ({model.step / train_s:,.1f} "
           f"batches/s), {model.rebuilds} table rebuilds", flush=True)

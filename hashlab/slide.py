@@ -49,13 +49,16 @@ from ._validate import check_choice, check_float, check_int
 from .learned import DriftScheduler, LearnedSimHash
 from .metrics import propensities_from_counts, ranking_metrics
 from .params import default_params
+from .rerank import SHARE as RERANK_SHARE
+from .rerank import FeatureReranker
+from .rerank import fit_stage as _fit_rerank_stage
 from .simhash import SimHash
 from .tables import LSHTables
 from .topk import dense_topk
 from .train_control import SCHEDULES, EarlyStopping, RunClock, lr_factor
 from .wta import DWTAHash
 
-FORMAT_VERSION = 2  # 2: a "kind", checkpoint or inference-only; format 1 checkpoints still load
+FORMAT_VERSION = 3  # 2: a "kind", checkpoint or inference-only; 3: the feature re-ranker; 1 and 2 still load
 SAVE_DTYPES = ("float32", "float16")  # weights of an inference-only file
 ACTIVATIONS = ("relu", "tanh")
 HASHES = ("dwta", "simhash", "learned")
@@ -194,6 +197,9 @@ class SparseMLP:
     rebuilds, each refitting the learned hash once it is trained) and
     ``rows_rehashed`` (rows whose keys were recomputed, all passes), ``history``.
     """
+
+    reranker = None       # FeatureReranker of the last fit (rerank=True), or None
+    rerank_report_ = None  # what fit's re-ranking stage did (hashlab.rerank.fit_stage)
 
     def __init__(self, input_dim, output_dim, hidden=None, activation="relu", hash="simhash", k=None, l=None,
                  target_active=None, lr=5e-3, seed=0, bucket_capacity=None, rebuild_first=50,
@@ -452,7 +458,8 @@ class SparseMLP:
     # -- public API ----------------------------------------------------------------------
     def fit(self, X, Y, epochs=None, batch_size=DEFAULT_BATCH, validation=None, checkpoint=None,
             checkpoint_every=None, eval_every=None, eval_size=2000, verbose=True, time_budget=None,
-            early_stopping=None, restore_best=True, lr_schedule="linear", warmup=0.05, init="centroid"):
+            early_stopping=None, restore_best=True, lr_schedule="linear", warmup=0.05, init="centroid",
+            rerank=True):
         """Trains on X (n, input_dim) CSR float32 with labels Y; returns self.
 
         Y: CSR indicator (n, output_dim) or a list of n label lists. Shuffles every epoch;
@@ -488,6 +495,12 @@ class SparseMLP:
         label's L2-normalised feature centroid (PIFA, as PECOS clusters labels), unit length
         times CENTROID_SCALE / the mean hidden norm, so training starts from a nearest-centroid
         classifier instead of chance; labels without rows keep the random init.
+        rerank: True (default) ends fit with a FeatureReranker (hashlab.rerank: hashed per-label
+        linear weights over the input features, added to the MLP's top-32 logits; trained on the
+        training rows' shortlists, the MLP fixed), given hashlab.rerank.SHARE (25%) of
+        time_budget, and kept only if it does not lower validation P@1 (when validation is
+        given); ``predict_topk`` and ``evaluate`` then use it, ``rerank_report_`` says what it
+        did. Every fit call trains a new one on the model it leaves.
         """
         self._check_trainable()
         X = _as_features(X, self.input_dim)
@@ -521,7 +534,12 @@ class SparseMLP:
         else:
             eval_every = check_int(eval_every, "eval_every", 1)
         init = check_choice(init, "init", ("centroid", "random"))
-        clock = RunClock(None, time_budget)  # the budget covers the init and everything after it
+        if not isinstance(rerank, (bool, np.bool_)):
+            raise TypeError(f"rerank: expected a bool, got {type(rerank).__name__}")
+        self.reranker = None  # it scores the MLP it was fitted on: refitted at the end
+        t_start = time.perf_counter()
+        mlp_budget = time_budget if time_budget is None or not rerank else time_budget * (1 - RERANK_SHARE)
+        clock = RunClock(None, mlp_budget)  # the budget covers the init and everything after it
         if init == "centroid" and self.step == 0:
             self._init_from_centroids(X, Y)
         counts = np.bincount(Y.indices, minlength=self.output_dim).astype(np.int64)
@@ -587,6 +605,14 @@ class SparseMLP:
         if stopper.snapshot is not None and stopper.best > self.history[-1]["P@1"]:
             self._restore_weights(stopper.snapshot)
             self.best_step_ = stopper.best_step
+        if rerank:
+            deadline = None if time_budget is None else t_start + time_budget
+            self.reranker, self.rerank_report_ = _fit_rerank_stage(self, X, Y, val, deadline, self.seed + 7)
+            if verbose:
+                r = self.rerank_report_
+                vals = f", val P@1 {r['val_P@1_without']:.4f} -> {r['val_P@1_with']:.4f}" if "val_P@1_with" in r else ""
+                print(f"re-ranker: {r['rows']} rows, {r['epochs']} epochs, {r['seconds']:.1f} s{vals}, "
+                      f"{'kept' if r['kept'] else 'not kept'}")
         if checkpoint is not None:
             self.save(checkpoint)
         return self
@@ -677,22 +703,27 @@ class SparseMLP:
         mode "dense" scores every label; "lsh" scores only the candidates an
         OutputRetriever over the output layer returns (hashlab.retrieval, built on first
         use and after training steps), falling back to dense scoring for rows with fewer
-        than k candidates. Returns (scores float32 (n, k), labels int64
-        (n, k)), best first; ties go to the lower label id.
+        than k candidates. With a re-ranker (fit's rerank), the top max(k, 32) so found are
+        re-scored by it. Returns (scores float32 (n, k), labels int64 (n, k)), best first;
+        ties go to the lower label id.
         """
         X = _as_features(X, self.input_dim)
         k = min(check_int(k, "k", 1), self.output_dim)
         mode = check_choice(mode, "mode", ("dense", "lsh"))
         batch_size = check_int(batch_size, "batch_size", 1)
         n = X.shape[0]
+        rr = self.reranker
+        short = k if rr is None else min(self.output_dim, max(k, rr.n_candidates))
         scores = np.empty((n, k), np.float32)
         labels = np.empty((n, k), np.int64)
         for s in range(0, n, batch_size):
             H = self._hidden(X[s:s + batch_size])[-1]
             if mode == "dense":
-                sc, lb = dense_topk(H, self.out_w.w, self.out_b.w, k)
+                sc, lb = dense_topk(H, self.out_w.w, self.out_b.w, short)
             else:
-                sc, lb = self._lsh_topk(H, k)
+                sc, lb = self._lsh_topk(H, short)
+            if rr is not None:
+                sc, lb = rr.rerank(X[s:s + batch_size], sc, lb, k)
             scores[s:s + batch_size], labels[s:s + batch_size] = sc, lb
         return scores, labels
 
@@ -732,8 +763,9 @@ class SparseMLP:
         """Bytes of weights, Adam moments, LSH tables and stored keys."""
         params = sum(p.nbytes for p in self.layers + self.biases + [self.out_w, self.out_b])
         if self.inference_only:  # weights alone: no moments, tables or keys
-            return int(params)
+            return int(params + (self.reranker.nbytes if self.reranker is not None else 0))
         extra = self._sched.nbytes + self._qbuf.nbytes if self.hash == "learned" else 0
+        extra += self.reranker.nbytes if self.reranker is not None else 0
         return int(params + self.tables.nbytes + self._keys.nbytes + self._dirty.nbytes + extra)
 
     # -- persistence ---------------------------------------------------------------------
@@ -800,6 +832,13 @@ class SparseMLP:
         if counts is not None:  # with the rows they count: the propensities of PSP@k need both
             arrays["label_counts"] = np.asarray(counts, dtype=np.int64)
             state["train_rows"] = int(getattr(self, "train_rows_", 0))
+        rr = self.reranker
+        if rr is not None:
+            state["rerank"] = dict(bits=rr.bits, n_candidates=rr.n_candidates, lr=rr.lr)
+            arrays["rerank.V"], arrays["rerank.U"] = (rr.V, rr.U) if optimizer else \
+                (_stored_weights(rr.V, dtype, "rerank.V"), _stored_weights(rr.U, dtype, "rerank.U"))
+            if optimizer:
+                arrays["rerank.GV"], arrays["rerank.GU"] = rr.GV, rr.GU
         arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
         for name, p in self._named_params():
             if optimizer:
@@ -880,9 +919,9 @@ class SparseMLP:
         if not isinstance(state, dict) or "format" not in state:
             raise _BadModelFile("not a hashlab model file (no format in its state)")
         fmt = state["format"]
-        if fmt not in (1, FORMAT_VERSION):
+        if not isinstance(fmt, int) or fmt not in range(1, FORMAT_VERSION + 1):
             newer = " (written by a newer hashlab?)" if isinstance(fmt, int) and fmt > FORMAT_VERSION else ""
-            raise _BadModelFile(f"expected model format 1 or {FORMAT_VERSION}, got {fmt!r}{newer}")
+            raise _BadModelFile(f"expected model format 1 to {FORMAT_VERSION}, got {fmt!r}{newer}")
         kind = state.get("kind", "checkpoint")  # format 1 files are all checkpoints
         if kind not in ("checkpoint", "inference"):
             raise _BadModelFile(f"expected kind 'checkpoint' or 'inference', got {kind!r}")
@@ -907,6 +946,7 @@ class SparseMLP:
             if counts.size and counts.min() < 0:
                 raise _BadModelFile("label_counts: expected non-negative counts")
             model.label_counts_, model.train_rows_ = counts, int(state.get("train_rows", 0))
+        model.reranker = _stored_reranker(z, state, model.output_dim, trainable)
         if trainable:
             model._restore_training(z, state)
         else:  # no tables, keys or learned-hash state: prediction needs none of them
@@ -954,7 +994,8 @@ class SparseMLP:
         s._drift_bits = int(state["drift_bits"])
 
     def to_torch(self):
-        """A dense torch.nn.Module with the same weights (see hashlab.torch.SparseMLPModule)."""
+        """A dense torch.nn.Module with the same weights (see hashlab.torch.SparseMLPModule): the
+        MLP's logits, without the feature re-ranker (``reranker`` re-scores their top 32)."""
         from .torch import SparseMLPModule
         return SparseMLPModule.from_sparse_mlp(self)
 
@@ -1007,6 +1048,22 @@ def _stored_weights(w, dtype, name):
         raise ValueError(f"dtype: expected weights within float16's range (|w| <= 65504), got max |{name}| = "
                          f"{float(np.abs(w).max()):.4g}; save with dtype='float32'")
     return w16
+
+
+def _stored_reranker(z, state, n_labels, trainable):
+    """The FeatureReranker stored in the open archive z (None if it has none)."""
+    cfg = state.get("rerank")
+    if cfg is None:
+        return None
+    rr = FeatureReranker.__new__(FeatureReranker)
+    rr.n_labels, rr.bits, rr.n_candidates, rr.lr = n_labels, int(cfg["bits"]), int(cfg["n_candidates"]), float(cfg["lr"])
+    shapes = {"V": (1 << rr.bits,), "U": (n_labels,)}
+    for part in ("V", "U", "GV", "GU") if trainable else ("V", "U"):
+        arr = _entry(z, f"rerank.{part}", shapes[part.lstrip("G")], "f")
+        setattr(rr, part, np.ascontiguousarray(arr, dtype=np.float32))
+    if not trainable:
+        rr.GV = rr.GU = None
+    return rr
 
 
 def _entry(z, name, shape, kinds):

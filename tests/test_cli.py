@@ -350,7 +350,7 @@ def test_model_file_of_another_version_or_kind_is_one_line(saved, tmp_path, caps
     other = tmp_path / "other.npz"
     np.savez(other, weights=np.ones(3))
     out = tmp_path / "preds.txt"
-    for model, needle in ((newer, "format 1 or 2, got 99"), (other, "not a hashlab model file"),
+    for model, needle in ((newer, "format 1 to 3, got 99"), (other, "not a hashlab model file"),
                           (tmp_path / "missing.npz", "no such model file")):
         argv = [command, str(model), str(saved["test"])] + (["--out", str(out)] if command == "predict" else [])
         assert cli.main(argv) == 1

@@ -19,10 +19,10 @@ def data():
     return make_preset("tiny", scale=0.05, seed=0)
 
 
-def train(data, hidden=(16,), **kw):
+def train(data, hidden=(16,), rerank=True, **kw):
     Xtr, Ytr, _, _ = data
     m = SparseMLP(Xtr.shape[1], Ytr.shape[1], hidden=hidden, lr=0.01, seed=1, **kw)
-    return m.fit(Xtr, Ytr, epochs=2, batch_size=64, verbose=False)
+    return m.fit(Xtr, Ytr, epochs=2, batch_size=64, verbose=False, rerank=rerank)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +54,19 @@ def test_inference_file_holds_weights_and_biases_only(model, files):
     names = {n for n, _ in model._named_params()}
     counts = {"label_counts"} if getattr(model, "label_counts_", None) is not None else set()  # set by fit
     with np.load(files["float32"]) as z:
-        assert set(z.files) == {"state"} | counts | {n + ".w" for n in names}
+        assert model.reranker is not None  # fit's default: the file holds its two arrays, not the Adagrad sums
+        assert set(z.files) == {"state"} | counts | {n + ".w" for n in names} | {"rerank.V", "rerank.U"}
+        np.testing.assert_array_equal(z["rerank.V"], model.reranker.V)
         state = json.loads(bytes(z["state"]).decode())
         for name, p in model._named_params():
             assert z[name + ".w"].dtype == np.float32
             np.testing.assert_array_equal(z[name + ".w"], p.w)
     assert state["kind"] == "inference" and state["config"] == model._config() and state["step"] == model.step
     with np.load(files["float16"]) as z:
-        assert all(z[n + ".w"].dtype == np.float16 for n in names)
+        assert all(z[n].dtype == np.float16 for n in [n + ".w" for n in names] + ["rerank.V", "rerank.U"])
     sizes = {k: os.path.getsize(p) for k, p in files.items()}
-    assert sizes["float16"] < sizes["float32"] < sizes["checkpoint"] / 3
+    # the MLP keeps 1 of its 3 arrays per parameter, the re-ranker 2 of 4
+    assert sizes["float16"] < sizes["float32"] < sizes["checkpoint"] / 2
 
 
 @pytest.mark.parametrize("mode", ["dense", "lsh"])
@@ -77,7 +80,8 @@ def test_float32_export_predicts_exactly_like_the_training_model(model, files, d
     np.testing.assert_array_equal(l1, l0)
     np.testing.assert_array_equal(s1, s0)
     assert e.evaluate(Xte, Yte, mode=mode) == model.evaluate(Xte, Yte, mode=mode)
-    assert e.nbytes == sum(p.w.nbytes for _, p in model._named_params())
+    assert e.nbytes == sum(p.w.nbytes for _, p in model._named_params()) + model.reranker.V.nbytes + \
+        model.reranker.U.nbytes
 
 
 def float16_score_bound(m, X):
@@ -201,7 +205,8 @@ def save_format1(m, path):
 
 def test_format1_checkpoint_loads_and_resumes_like_a_current_one(data, tmp_path):
     Xtr, Ytr, Xte, _ = data
-    a = train(data, hidden=(8,), target_active=32, rebuild_first=3)  # sampled softmax: tables in use
+    # sampled softmax (tables in use); no re-ranker: format 1 had none
+    a = train(data, hidden=(8,), target_active=32, rebuild_first=3, rerank=False)
     save_format1(a, tmp_path / "v1.npz")
     a.save(tmp_path / "v2.npz")
     b, c = SparseMLP.load(tmp_path / "v1.npz"), SparseMLP.load(tmp_path / "v2.npz")
@@ -234,7 +239,7 @@ def restate(src, dst, **changes):
 
 
 BAD = {
-    "format 3": (lambda f, d: restate(f["float32"], d, format=3), "format 1 or 2, got 3"),
+    "format 4": (lambda f, d: restate(f["float32"], d, format=4), "format 1 to 3, got 4"),
     "format missing": (lambda f, d: restate(f["checkpoint"], d, format=None), "format"),
     "unknown kind": (lambda f, d: restate(f["float32"], d, kind="weights"), "kind"),
     "missing weights": (lambda f, d: rewrite(f["float32"], d, drop=("out_w.w",)), "missing array 'out_w.w'"),

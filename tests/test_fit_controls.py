@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hashlab import train_control
+from hashlab import slide, train_control
 from hashlab.slide import SparseMLP
 from hashlab.synthetic import make_xmc
 
@@ -43,8 +43,11 @@ def test_time_budget_stops_after_the_batch_that_crosses_it(monkeypatch):
         return real(X, Y)
 
     monkeypatch.setattr(m, "_train_batch", batch)
-    m.fit(Xtr, Ytr, time_budget=1.0, batch_size=50, verbose=False)
+    m.fit(Xtr, Ytr, time_budget=1.0, batch_size=50, verbose=False, rerank=False)
     assert m.step == 4  # 0.3, 0.6, 0.9 < 1.0 <= 1.2
+    # with the re-ranker (default) the MLP's loop keeps to 1 - RERANK_SHARE of the budget
+    m.fit(Xtr, Ytr, time_budget=1.0, batch_size=50, verbose=False)
+    assert slide.RERANK_SHARE == 0.25 and m.step == 4 + 3  # 0.3, 0.6 < 0.75 <= 0.9
 
 
 def test_automatic_evaluations_keep_to_their_share_of_the_time(monkeypatch):

@@ -167,7 +167,7 @@ def test_to_torch_matches_predictions():
     rng = np.random.default_rng(4)
     X, labels = tiny_data(rng, n=30, D=20, L=50)
     m = SparseMLP(20, 50, hidden=(16, 8), target_active=10, seed=0)
-    m.fit(X, labels, epochs=2, batch_size=10, verbose=False)
+    m.fit(X, labels, epochs=2, batch_size=10, verbose=False, rerank=False)  # to_torch is the MLP alone
     logits = m.to_torch()(X).detach().numpy()
     scores, top = m.predict_topk(X, 5)
     np.testing.assert_allclose(np.sort(logits, 1)[:, ::-1][:, :5], scores, rtol=1e-5, atol=1e-5)

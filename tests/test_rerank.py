@@ -1,0 +1,149 @@
+"""The feature re-ranker (hashlab.rerank) against plain-Python references, and in SparseMLP."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from hashlab import SparseMLP
+from hashlab.rerank import FeatureReranker
+
+M64 = (1 << 64) - 1
+
+
+def slot(label, feature, bits):
+    """The table slot of (label, feature), in Python integers (an independent spelling of the hash)."""
+    x = ((label * 0x9E3779B97F4A7C15) & M64) ^ ((feature * 0xC2B2AE3D27D4EB4F) & M64)
+    x ^= x >> 29
+    return x & ((1 << bits) - 1)
+
+
+def rows(rng, n, d, density=0.2):
+    X = sp.random(n, d, density=density, format="csr", dtype=np.float32, random_state=rng)
+    X.data = rng.random(X.nnz, dtype=np.float32) + 0.1
+    return X
+
+
+def test_scores_are_the_hashed_linear_sum():
+    rng = np.random.default_rng(0)
+    rr = FeatureReranker(40, bits=12)
+    rr.V[:] = rng.standard_normal(rr.V.size).astype(np.float32)
+    rr.U[:] = rng.standard_normal(40).astype(np.float32)
+    X = rows(rng, 7, 30)
+    cands = rng.integers(0, 40, size=(7, 5))
+    got = rr.scores(X, cands)
+    for i in range(7):
+        lo, hi = X.indptr[i], X.indptr[i + 1]
+        for c in range(5):
+            lab = int(cands[i, c])
+            want = float(rr.U[lab]) + sum(float(v) * float(rr.V[slot(lab, int(f), 12)])
+                                          for f, v in zip(X.indices[lo:hi], X.data[lo:hi]))
+            assert got[i, c] == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
+def test_rerank_sorts_base_plus_scores_ties_to_the_lower_label():
+    rng = np.random.default_rng(1)
+    rr = FeatureReranker(10, bits=10)
+    X = rows(rng, 3, 8)
+    cands = np.array([[5, 3, 7, 1], [9, 8, 2, 0], [4, 6, 1, 2]])
+    base = np.array([[1.0, 1.0, 0.5, 2.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, 2.0, 0.0]], np.float32)
+    sc, lb = rr.rerank(X, base, cands, 3)  # all weights zero: the base order, ties by label
+    assert lb.tolist() == [[1, 3, 5], [0, 2, 8], [4, 1, 6]]
+    np.testing.assert_array_equal(sc, [[2, 1, 1], [0, 0, 0], [3, 2, 1]])
+    rr.U[6] = 5.0  # a label's bias moves it up
+    assert rr.rerank(X, base, cands, 1)[1][2, 0] == 6
+
+
+def test_training_learns_which_feature_names_the_label():
+    # label of row i = its one non-zero feature's id mod 8; the base logits say nothing
+    rng = np.random.default_rng(2)
+    n, d, L = 400, 64, 8
+    feat = rng.integers(0, d, n)
+    X = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), feat)), shape=(n, d))
+    Y = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), feat % L)), shape=(n, L))
+    cands = np.tile(np.arange(L), (n, 1))
+    base = np.zeros((n, L), np.float32)
+    rr = FeatureReranker(L, bits=14, lr=0.2)
+    losses = [rr.fit_epoch(X, cands, base, Y, rng) for _ in range(5)]
+    # chance is log(L); the first pass already learns, the fifth is at a fifth of it
+    assert losses[0] < np.log(L) and losses[-1] < 0.2 * np.log(L) and losses == sorted(losses, reverse=True)
+    _, top = rr.rerank(X, base, cands, 1)
+    assert (top[:, 0] == feat % L).mean() == 1.0
+
+
+def test_rows_without_a_true_candidate_are_skipped():
+    rng = np.random.default_rng(3)
+    X = rows(rng, 5, 10, density=0.5)
+    Y = sp.csr_matrix((np.ones(5, np.float32), (np.arange(5), np.full(5, 9))), shape=(5, 10))
+    rr = FeatureReranker(10, bits=10)
+    assert np.isnan(rr.fit_epoch(X, np.tile(np.arange(4), (5, 1)), np.zeros((5, 4), np.float32), Y, rng))
+    assert not rr.V.any() and not rr.U.any()
+
+
+def xmc(seed=4, n=600, d=80, L=60):
+    rng = np.random.default_rng(seed)
+    X = rows(rng, n, d, density=0.1)
+    W = rng.standard_normal((d, L)).astype(np.float32)
+    top = np.argsort(-(X @ W), 1)[:, :2]
+    Y = sp.csr_matrix((np.ones(top.size, np.float32), (np.repeat(np.arange(n), 2), top.ravel())), shape=(n, L))
+    return X[:450], Y[:450], X[450:], Y[450:]
+
+
+def test_sparse_mlp_predicts_mlp_shortlist_plus_reranker_scores(tmp_path):
+    Xtr, Ytr, Xte, Yte = xmc()
+    m = SparseMLP(80, 60, hidden=(16,), seed=0).fit(Xtr, Ytr, epochs=2, batch_size=64, verbose=False)
+    rr = m.reranker
+    assert rr is not None and m.rerank_report_["kept"] and m.rerank_report_["rows"] == 450
+    # reference: the torch twin's logits (the MLP alone), their top 32, plus the re-ranker's scores
+    logits = m.to_torch()(Xte).detach().numpy()
+    short = np.argsort(-logits, 1, kind="stable")[:, :32]
+    z = np.take_along_axis(logits, short, 1) + rr.scores(Xte, short)
+    sc, lb = m.predict_topk(Xte, 5)
+    np.testing.assert_allclose(sc, -np.sort(-z, 1)[:, :5], rtol=1e-5, atol=1e-5)
+    assert set(lb[0]) == set(short[0][np.argsort(-z[0])[:5]])
+    # checkpoint and float32 export predict identically; float16 within its rounding
+    m.save(tmp_path / "ck.npz")
+    m.save(tmp_path / "e32.npz", optimizer=False)
+    m.save(tmp_path / "e16.npz", optimizer=False, dtype="float16")
+    for name in ("ck.npz", "e32.npz"):
+        r = SparseMLP.load(tmp_path / name)
+        s1, l1 = r.predict_topk(Xte, 5)
+        np.testing.assert_array_equal(l1, lb)
+        np.testing.assert_array_equal(s1, sc)
+    r16 = SparseMLP.load(tmp_path / "e16.npz")
+    assert r16.reranker.GV is None
+    p = m.evaluate(Xte, Yte, ks=(1,))["P@1"]
+    assert abs(r16.evaluate(Xte, Yte, ks=(1,))["P@1"] - p) <= 0.05
+    ck = SparseMLP.load(tmp_path / "ck.npz")
+    np.testing.assert_array_equal(ck.reranker.GV, rr.GV)
+
+
+def test_reranker_improves_on_the_mlp_alone_here_and_fit_replaces_it():
+    Xtr, Ytr, Xte, Yte = xmc(seed=5)
+    a = SparseMLP(80, 60, hidden=(16,), seed=0).fit(Xtr, Ytr, epochs=2, batch_size=64, verbose=False, rerank=False)
+    b = SparseMLP(80, 60, hidden=(16,), seed=0).fit(Xtr, Ytr, epochs=2, batch_size=64, verbose=False)
+    assert a.reranker is None and b.reranker is not None
+    # the same MLP (the re-ranker is fitted after it); the labels follow a linear teacher on the features
+    np.testing.assert_array_equal(a.out_w.w, b.out_w.w)
+    assert b.evaluate(Xte, Yte, ks=(1,))["P@1"] > a.evaluate(Xte, Yte, ks=(1,))["P@1"]
+    first = b.reranker
+    b.fit(Xtr, Ytr, epochs=1, batch_size=64, verbose=False)
+    assert b.reranker is not None and b.reranker is not first
+    b.fit(Xtr, Ytr, epochs=1, batch_size=64, verbose=False, rerank=False)
+    assert b.reranker is None
+
+
+def test_reranker_that_lowers_validation_p_at_1_is_dropped(monkeypatch):
+    Xtr, Ytr, Xte, Yte = xmc(seed=6)
+    # a re-ranker that learns nothing but pushes label 0 to the top: worse on validation
+    monkeypatch.setattr(FeatureReranker, "fit_epoch", lambda self, *a: self.U.__setitem__(0, 1e6))
+    m = SparseMLP(80, 60, hidden=(16,), seed=0)
+    m.fit(Xtr, Ytr, epochs=1, batch_size=64, verbose=False, validation=(Xte, Yte))
+    r = m.rerank_report_
+    assert m.reranker is None and not r["kept"] and r["val_P@1_with"] < r["val_P@1_without"]
+
+
+def test_bad_rerank_argument():
+    Xtr, Ytr, _, _ = xmc()
+    with pytest.raises(TypeError, match="rerank"):
+        SparseMLP(80, 60, hidden=(8,)).fit(Xtr, Ytr, epochs=1, verbose=False, rerank="yes")
+    with pytest.raises(ValueError, match="bits"):
+        FeatureReranker(10, bits=40)
