@@ -28,7 +28,7 @@ DEFAULT_CANDIDATES = 32  # the MLP's shortlist per row
 DEFAULT_LR = 0.05        # Adagrad
 EPOCHS = 2               # the second pass added 0.000-0.003 P@1, a third nothing
 SHARE = 0.25             # of fit's time budget, kept for this stage
-_CHUNK = 4096            # training rows shortlisted at a time (the stage's time is checked between)
+_CHUNK = 1024            # training rows shortlisted at a time (the stage's time is checked between)
 _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
 
 
@@ -169,8 +169,9 @@ def fit_stage(model, X, Y, val, deadline, seed):
     labels Y (n, n_labels) CSR, the model fixed (``model.reranker`` must be None).
 
     deadline: time.perf_counter() value or None. With a deadline, rows are shortlisted in a
-    random order for up to 70% of the time left, then trained on for EPOCHS passes or until
-    the deadline (at least one); none is trained when no time is left. val: (X_val, Y_val) or
+    random order, _CHUNK at a time, while the next chunk is expected to end within 70% of the
+    time left (at least one chunk), then trained on for EPOCHS passes or until the deadline (at
+    least one); nothing is trained when no time is left. val: (X_val, Y_val) or
     None: with it, the re-ranker is kept only if it does not lower validation P@1.
     Returns (FeatureReranker or None, report dict: rows, epochs, seconds, val P@1 without and
     with it, kept)."""
@@ -184,11 +185,14 @@ def fit_stage(model, X, Y, val, deadline, seed):
     n = X.shape[0]
     order = np.random.default_rng(seed).permutation(n)
     stop_at = None if deadline is None else t0 + 0.7 * (deadline - t0)
-    parts, taken = [], 0
-    while taken < n and (stop_at is None or not parts or time.perf_counter() < stop_at):
+    parts, taken, last = [], 0, 0.0
+    # a chunk is shortlisted only if, at the last chunk's pace, it ends before stop_at
+    while taken < n and (stop_at is None or not parts or time.perf_counter() + last < stop_at):
+        tc = time.perf_counter()
         rows = np.sort(order[taken:taken + _CHUNK])
         taken += rows.size
         parts.append((rows,) + model.predict_topk(X[rows], k=C))
+        last = time.perf_counter() - tc
     rows = np.concatenate([p[0] for p in parts])
     base, cands = np.vstack([p[1] for p in parts]), np.vstack([p[2] for p in parts])
     Xs, Ys = X[rows], Y[rows]
