@@ -241,7 +241,7 @@ def load_xmc(path, n_features=None, n_labels=None, verbose=True):
     y_ind = _concat([r["y_ind"] for r in results], np.int32)
     maxf = max([int(r["st"][_S_MAXF]) for r in results], default=-1)
     maxl = max([int(r["st"][_S_MAXL]) for r in results], default=-1)
-    del results
+    results.clear()  # the chunks are copied out: free them before the CSR is built
     D = n_features if n_features is not None else (header[1] if header else maxf + 1)
     L = n_labels if n_labels is not None else (header[2] if header else maxl + 1)
     return (_csr(x_indptr, x_ind, x_val, (keep, D)),

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp
 from scipy.stats import binom
 
-import hashlab
 from hashlab import _C
 from hashlab.attention import (LSHKVIndex, _bf16_to_f32, _f32_to_bf16, dense_attention, sampling_probability,
                                table_bits, topk_attention)

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from hashlab import slide, train_control
 from hashlab.slide import SparseMLP

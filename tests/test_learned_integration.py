@@ -159,7 +159,8 @@ def clustered():
     C = rng.standard_normal((40, d)) * 2
     W = (C[rng.integers(0, 40, n)] + rng.standard_normal((n, d)) + 3).astype(np.float32)
     b = (0.1 * rng.standard_normal(n)).astype(np.float32)
-    Hq = lambda m: (W[rng.integers(0, n, m)] + 0.5 * rng.standard_normal((m, d))).astype(np.float32)
+    def Hq(m):
+        return (W[rng.integers(0, n, m)] + 0.5 * rng.standard_normal((m, d))).astype(np.float32)
     return W, b, Hq(800), Hq(300)
 
 

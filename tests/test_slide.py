@@ -26,7 +26,8 @@ class TorchReference:
     """The same network in torch float64 autograd, with lazy Adam on the input rows."""
 
     def __init__(self, model):
-        t = lambda a: torch.tensor(np.array(a, dtype=np.float64), requires_grad=True)
+        def t(a):
+            return torch.tensor(np.array(a, dtype=np.float64), requires_grad=True)
         self.W = [t(p.w) for p in model.layers]
         self.b = [t(p.w) for p in model.biases]
         self.Wo, self.bo = t(model.out_w.w), t(model.out_b.w)

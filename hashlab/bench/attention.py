@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gc
 import math
+from functools import partial
 import pathlib
 import time
 import traceback
@@ -202,11 +203,12 @@ def run_one(shape, n, cfg, rep, sec, seed=0):
         "sdpa_f32_grouped": sdpa_grouped(q32, K32, V32),
         "sdpa_bf16_gqa": sdpa_gqa(q16, K16, V16),
         "sdpa_bf16_grouped": sdpa_grouped(q16, K16, V16),
-        "dense_f32": lambda: dense_attention(Q, K, V),
-        "dense_bf16": lambda: dense_attention(Q, Kb, Vb),
-        "topk_bf16": lambda: topk_attention(Q, Kb, Vb, budget),
-        "lsh_bf16": lambda: idx["bfloat16"].attend(Q),
-        "lsh_f32": lambda: idx["float32"].attend(Q),
+        # partials bind the arrays now: the del below frees them after timing
+        "dense_f32": partial(dense_attention, Q, K, V),
+        "dense_bf16": partial(dense_attention, Q, Kb, Vb),
+        "topk_bf16": partial(topk_attention, Q, Kb, Vb, budget),
+        "lsh_bf16": partial(idx["bfloat16"].attend, Q),
+        "lsh_f32": partial(idx["float32"].attend, Q),
     }
     C.progress(f"{label}: timing {len(fns)} kernels x {cfg['repeat']}")
     times = C.compare_times(fns, repeat=cfg["repeat"], warmup=1)

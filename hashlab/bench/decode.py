@@ -803,7 +803,6 @@ def run(quick: bool, threads: int | None, out: pathlib.Path, tiny: bool = False,
     threads = results["machine"]["threads"]
     if model is None and tiny:
         model = dict(TINY)
-    need = max(n for n, *_ in cfg["runs"])
     workdir = tempfile.mkdtemp(prefix="hashlab-decode-")
     try:
         try:

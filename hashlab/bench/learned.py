@@ -382,7 +382,8 @@ def bench_sparse_training(quick, out, rep, res, plots):
     except ImportError as e:
         rep.notes.append(f"plot: matplotlib {C.missing(e)}")
     by = {x["system"]: x for x in r["rows"]}
-    t = lambda x: "never" if x["time_to_level"] is None else f"{x['time_to_level']:.0f} s"
+    def t(x):
+        return "never" if x["time_to_level"] is None else f"{x['time_to_level']:.0f} s"
     c = r["config"]
     rep.row(f"SparseMLP, {c['n_labels']:,} labels, {c['budget']:.0f} s each: best P@1 (time to best random "
             f"P@1 - 0.01 = {c['level']:.3f}); rows re-hashed",

@@ -261,7 +261,7 @@ def bench_670k(cfg, rep, res):
     from hashlab.retrieval import OutputRetriever, dense_topk
     n, d, nq = cfg["n670"], 128, cfg["q670"]
     W, b, H, y = synthetic_layer(n, d, nq + 1000)
-    cal, H, y = H[nq:], H[:nq], y[:nq]
+    H, y = H[:nq], y[:nq]
     td, _, (ds, dl) = C.best_time(lambda: dense_topk(H, W, b, 5), 1, warmup=0)
     p1_dense = float((dl[:, 0] == y).mean())
     top = dl[:, 0]

@@ -74,7 +74,7 @@ from .._validate import check_choice, check_int
 
 __all__ = ["LSHAttention", "LSHAttentionParams", "enable_lsh_attention", "disable_lsh_attention",
            "lsh_attention_forward", "lsh_decode", "is_lsh_attention_enabled", "SUPPORTED_MODEL_TYPES",
-           "SUPPORTED_TRANSFORMERS", "LSHCache", "LSHCacheLayer"]
+           "SUPPORTED_TRANSFORMERS", "LSHCache", "LSHCacheLayer"]  # noqa: F822 (the last two: __getattr__ below)
 
 ATTN_IMPLEMENTATION = "hashlab_lsh"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
