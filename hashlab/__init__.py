@@ -21,8 +21,9 @@ import importlib.util
 from . import _C
 from .attention import LSHKVIndex, dense_attention, fit_key_transform, sampling_probability, table_bits, topk_attention
 from .datasets import labels_to_csr, load_xmc, make_preset, make_xmc, save_xmc
+from .drift import DriftScheduler, popcount32
 from .hashing import hamming
-from .learned import DriftScheduler, LearnedSimHash, popcount32
+from .learned import LearnedSimHash
 from .metrics import *  # noqa: F403  (every metric: hashlab.metrics.__all__)
 from .minhash import MinHash
 from .params import LSHParams, default_params, retrieved_fraction

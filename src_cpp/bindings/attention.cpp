@@ -1,4 +1,4 @@
-// hashlab._C: LSH-sampled attention (src_cpp/attention.cpp) for hashlab/attention.py.
+// hashlab._C: LSH-sampled attention (src_cpp/attention_*.cpp) for hashlab/attention.py.
 // Shapes and dtypes are checked here (the Python layer validates values first); the GIL
 // is released around every core call.
 #include "hashlab/attention.h"

@@ -1,4 +1,4 @@
-// hashlab._C.LSHTables: the C++ LSH tables (src_cpp/tables.cpp) for hashlab/tables.py.
+// hashlab._C.LSHTables: the C++ LSH tables (src_cpp/tables*.cpp) for hashlab/tables.py.
 // Arrays are checked here for shape; the core checks values. The GIL is released
 // around every core call, so Python threads can insert and query concurrently.
 #include <utility>

@@ -12,7 +12,7 @@
 // `sinks` tokens, the last `window` tokens, and the tokens that left the window but are
 // not indexed yet (fewer than `chunk`).
 //
-// Memory layout (see attention.cpp): the index is a list of segments, each covering a
+// Memory layout (see attention_segment.h): the index is a list of segments, each covering a
 // contiguous token range; per (segment, KV head, table) the keys are bucketed by the low
 // kb bits of their code and every bucket's sorted token ids are Elias-Fano coded together
 // with the code's remaining k - kb bits: about k + 2 bits per (key, table) plus the
