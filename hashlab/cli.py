@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--quick runs go to benchmarks/results/quick.")
     b.add_argument("suite", nargs="?", default="all", choices=suite_names() + ["all"],
                    help="the suite to run (default: all)")
-    b.add_argument("--quick", action="store_true", help="smaller sizes (all suites: < 5 minutes on 2 cores)")
+    b.add_argument("--quick", action="store_true", help="smaller sizes (each suite in a few minutes or less)")
     b.add_argument("--threads", type=_positive_int, default=None,
                    help="threads for hashlab and every peer (default: hashlab's, i.e. OMP_NUM_THREADS or the cores)")
     b.add_argument("--out", type=pathlib.Path, default=None,
