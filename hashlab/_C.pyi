@@ -24,7 +24,11 @@ def simd_level() -> str:
 def simd_supported(level: str, /) -> bool:
     """Whether this CPU runs ``level`` ('avx512', 'avx2', 'scalar'); ValueError for another name."""
 def set_simd_level(level: str, /) -> None:
-    """Forces a SIMD level (tests); ValueError if unknown or unsupported."""
+    """Forces a SIMD level on every kernel family (tests), 'auto' for the defaults; ValueError if unknown or unsupported."""
+def simd_forced() -> bool:
+    """Whether a level is forced (HASHLAB_SIMD or set_simd_level)."""
+def simd_levels() -> dict[str, str]:
+    """{kernel family: SIMD level it uses}."""
 def set_num_threads(n: int, /) -> None: ...
 def get_num_threads() -> int: ...
 

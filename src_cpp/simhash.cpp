@@ -70,6 +70,7 @@ void dense_bits_blas(Simd s, sgemm_fn sgemm, const float* X, int64_t n, int64_t 
       for (int64_t c = 0; c < nbits; ++c) sq[c] += (double)W[j * wstride + c] * W[j * wstride + c];
     for (int64_t c = 0; c < nbits; ++c) wn[c] = (float)(std::sqrt(sq[c]) * safety);
   }
+  const double wmax = *std::max_element(wn.begin(), wn.end());
   BlasSingleThread one_thread;
   parallel_for((n + BLAS_ROWS - 1) / BLAS_ROWS, 1, [&](int64_t b0, int64_t b1) {
     thread_local std::vector<float> P, thr;
@@ -81,7 +82,8 @@ void dense_bits_blas(Simd s, sgemm_fn sgemm, const float* X, int64_t n, int64_t 
       for (int64_t r = 0; r < rows; ++r) {
         double sq = 0.0;
         for (int64_t j = 0; j < dim; ++j) sq += (double)X[(i0 + r) * dim + j] * X[(i0 + r) * dim + j];
-        thr[r] = (float)(2.0 * gamma * std::sqrt(sq) * safety);
+        // |x| |w| near float32's range: the kernel's partial sums may overflow, recompute them all
+        thr[r] = std::sqrt(sq) * wmax > 1e37 ? INFINITY : (float)(2.0 * gamma * std::sqrt(sq) * safety);
       }
       for (int64_t c0 = 0; c0 < nbits; c0 += BLAS_COLS) {
         // row-major (rows, cols) = X W is column-major (cols, rows) = W^T X^T, no transposes
@@ -117,7 +119,7 @@ void simhash_dense_bits(const float* X, int64_t n, int64_t dim, const float* W, 
   check(method != DenseMethod::blas || fits, "method: 'blas' needs dim <= 2^22");
   const bool blas = sgemm && fits &&
                     (method == DenseMethod::blas || (method == DenseMethod::automatic && simhash_blas_default(n, dim)));
-  const Simd s = simd_level();
+  const Simd s = simd_level(Kernel::simhash_dense);
   if (blas) dense_bits_blas(s, sgemm, X, n, dim, W, wstride, nbits, out);
   else dense_bits_kernel(s, X, n, dim, W, wstride, nbits, out);
 }
@@ -131,7 +133,7 @@ void simhash_csr_bits(const int64_t* indptr, const int32_t* indices, const float
     check(indptr[i + 1] >= indptr[i], "indptr: expected a non-decreasing array");
   for (int64_t p = 0; p < indptr[n]; ++p)
     check(indices[p] >= 0 && indices[p] < dim, "indices: expected column indices in [0, dim)");
-  const Simd s = simd_level();
+  const Simd s = simd_level(Kernel::simhash_csr);
   parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
     if (s == Simd::avx512) avx512::csr_bits(indptr, indices, data, r0, r1, W, wstride, nbits, out);
     else if (s == Simd::avx2) avx2::csr_bits(indptr, indices, data, r0, r1, W, wstride, nbits, out);
@@ -147,7 +149,7 @@ void hadamard_bits(const float* X, int64_t n, int64_t dim, const float* signs, i
   int64_t D = 1;
   while (D < dim) D <<= 1;
   check(n_rot >= 1 && n_rot * D >= nbits, "signs: expected n_rot + 2 rows, enough rotations to cover nbits");
-  const Simd s = simd_level();
+  const Simd s = simd_level(Kernel::hadamard);
   // grain of 16 rows: a whole vector of rows for every level
   parallel_for((n + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
     const int64_t r0 = b0 * 16, r1 = std::min(n, b1 * 16);
@@ -180,7 +182,7 @@ void bits_to_keys(const uint64_t* bits, int64_t n, int64_t nwords, int k, int l,
 void hamming_pairwise(const uint64_t* a, int64_t na, const uint64_t* b, int64_t nb, int64_t nwords,
                       int32_t* out) {
   check(na >= 0 && nb >= 0 && nwords >= 0, "hamming: expected non-negative sizes");
-  const Simd s = simd_level();
+  const Simd s = simd_level(Kernel::hamming);
   parallel_for(na, std::max<int64_t>(1, 4096 / std::max<int64_t>(nb, 1)), [&](int64_t r0, int64_t r1) {
     if (s == Simd::avx512) avx512::hamming_rows(a, r0, r1, b, nb, nwords, out);
     else if (s == Simd::avx2) avx2::hamming_rows(a, r0, r1, b, nb, nwords, out);
@@ -299,7 +301,7 @@ void hamming_topm(const uint64_t* q, int64_t nq, const uint64_t* b, int64_t nb, 
   check(m >= 1 && m <= nb, "hamming_topm: expected 1 <= m <= the number of rows");
   check(nb < (int64_t(1) << 31), "hamming_topm: expected fewer than 2^31 rows");
   if (nq == 0) return;
-  const Simd s = simd_level();
+  const Simd s = simd_level(Kernel::hamming);
   const int T = get_num_threads();
   // the sample: evenly spaced rows, copied together
   const int64_t ns = std::min(nb, TOPM_SAMPLE);
