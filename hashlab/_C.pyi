@@ -24,14 +24,20 @@ def simd_level() -> str:
 def simd_supported(level: str, /) -> bool:
     """Whether this CPU runs ``level`` ('avx512', 'avx2', 'scalar'); ValueError for another name."""
 def set_simd_level(level: str, /) -> None:
-    """Forces a SIMD level (tests); ValueError if unknown or unsupported."""
+    """Forces a SIMD level on every kernel family (tests), 'auto' for the defaults; ValueError if unknown or unsupported."""
+def simd_forced() -> bool:
+    """Whether a level is forced (HASHLAB_SIMD or set_simd_level)."""
+def simd_levels() -> dict[str, str]:
+    """{kernel family: SIMD level it uses}."""
 def set_num_threads(n: int, /) -> None: ...
 def get_num_threads() -> int: ...
 
 # ---- SimHash and Hamming (bindings/simhash.cpp) --------------------------------------------
 
-def simhash_dense_bits(X: _F32, W: _F32, nbits: int) -> _U64:
-    """Sign bits of X (n, dim) @ W (dim, >= nbits): (n, ceil(nbits / 64)) uint64."""
+def register_sgemm(fn: object) -> bool:
+    """Registers a BLAS sgemm (a capsule, scipy.linalg.cython_blas's); whether it is usable."""
+def simhash_dense_bits(X: _F32, W: _F32, nbits: int, method: Literal["auto", "kernel", "blas"] = "auto") -> _U64:
+    """Sign bits of X (n, dim) @ W (dim, >= nbits): (n, ceil(nbits / 64)) uint64, the same for every method."""
 def simhash_csr_bits(indptr: _I64, indices: _I32, data: _F32, W: _F32, nbits: int) -> _U64:
     """As simhash_dense_bits for CSR rows (indptr (n + 1,), indices / data (nnz,)), W (dim, >= nbits)."""
 def hadamard_bits(X: _F32, signs: _F32, nbits: int) -> _U64:

@@ -9,7 +9,7 @@ Everything public is importable from here:
   label-sharded ShardedSparseMLP / ShardedRetriever over torch.distributed;
 - XMC data and metrics: load_xmc, save_xmc, make_xmc, make_preset, labels_to_csr,
   precision_at_k, ndcg_at_k, psp_at_k, ...;
-- simd_level, set_num_threads, get_num_threads.
+- simd_level, simd_levels, set_num_threads, get_num_threads.
 
 numba-callable kernels are in hashlab.jit. torch is optional: hashlab.torch imports it
 (torch modules and the transformers attention plug-in); hashlab.distributed imports it
@@ -56,7 +56,7 @@ __all__ = [
     # data
     "load_xmc", "save_xmc", "make_xmc", "make_preset", "labels_to_csr",
     # runtime
-    "simd_level", "set_num_threads", "get_num_threads",
+    "simd_level", "simd_levels", "set_num_threads", "get_num_threads",
     # modules
     "datasets", "metrics",
 ] + metrics.__all__
@@ -77,12 +77,24 @@ def __dir__():
 
 
 def simd_level() -> str:
-    """The instruction set the kernels use: 'avx512', 'avx2' or 'scalar'.
+    """The highest instruction set the kernels may use: 'avx512', 'avx2' or 'scalar'.
 
     Chosen at import from the CPU (cpuid/xgetbv); HASHLAB_SIMD=avx512|avx2|scalar
-    forces a level, and an unavailable one is an error.
+    forces a level for every kernel family, and an unavailable one is an error.
+    Each family's own level is in simd_levels().
     """
     return _C.simd_level()
+
+
+def simd_levels() -> dict:
+    """The instruction set of each kernel family: {family: 'avx512' | 'avx2' | 'scalar'}.
+
+    Families: simhash_dense (gaussian/sparse SimHash of dense rows), simhash_csr,
+    hadamard, hamming, vector_ops (SparseMLP's layers), attention. Each defaults to the
+    fastest level measured for it, capped by the CPU (the figures are in
+    src_cpp/dispatch.cpp; `hashlab bench isa` measures them); HASHLAB_SIMD forces all.
+    """
+    return dict(_C.simd_levels())
 
 
 def set_num_threads(n: int) -> None:

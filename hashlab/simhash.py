@@ -26,6 +26,17 @@ KINDS = ("gaussian", "sparse", "hadamard")
 MAX_PROJECTION_BYTES = 4 << 30  # a dense projection beyond this is a usage error: use "hadamard"
 
 
+_SGEMM = []  # [registered?] once tried
+
+
+def _register_sgemm():
+    """Hands scipy's BLAS sgemm to the C++ core (once), for the dense projections."""
+    if not _SGEMM:
+        from scipy.linalg import cython_blas
+        _SGEMM.append(_C.register_sgemm(cython_blas.__pyx_capi__["sgemm"]))
+    return _SGEMM[0]
+
+
 def _next_pow2(n: int) -> int:
     return 1 << (int(n) - 1).bit_length()
 
@@ -95,6 +106,8 @@ class SimHash(Hasher):
     def _bits_dense(self, X):
         if self.kind == "hadamard":
             return _C.hadamard_bits(X, self.signs, self.nbits)
+        if X.shape[0] >= 64:  # scipy.linalg's import is not worth it below simhash_blas_default's minimum
+            _register_sgemm()
         return _C.simhash_dense_bits(X, self.W, self.nbits)
 
     def _bits_csr(self, indptr, indices, data, n):

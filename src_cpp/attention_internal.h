@@ -18,7 +18,7 @@ namespace attn {
 
 // Picked at every call, so that hashlab._C.set_simd_level takes effect immediately.
 inline const AttnKernels& kern() {
-  switch (simd_level()) {
+  switch (simd_level(Kernel::attention)) {
     case Simd::avx512: return avx512::attn_kernels;
     case Simd::avx2: return avx2::attn_kernels;
     default: return scalar::attn_kernels;

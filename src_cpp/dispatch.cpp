@@ -1,5 +1,6 @@
 #include "dispatch.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cpuid.h>
 #include <cstdlib>
@@ -40,12 +41,33 @@ Simd best() {
   return Simd::scalar;
 }
 
+// The highest level each family uses by default, the fastest measured (a level not measured
+// faster than the one below it is not a default). Figures: AMD EPYC, 2 cores, AVX-512
+// (f/bw/dq/vl, bf16, VNNI), HASHLAB_SIMD alternating, best of 3-7, 2 threads (issue 16):
+// - simhash_dense: gaussian keys 100,000 x 128, k=10, l=150: avx512 482-496 ms, avx2 434-442 ms.
+// - hadamard: the same keys, kind="hadamard": avx512 86 ms, avx2 96-129 ms.
+// - attention: dense_attention over 32K keys, 8 KV / 32 query heads: avx512 22-24 ms, avx2 19-21 ms.
+// - simhash_csr, hamming, vector_ops: AVX-512 not measured faster. `hashlab bench isa` measures all.
+constexpr Simd DEFAULT_CAP[(int)Kernel::count] = {
+    Simd::avx2,    // simhash_dense
+    Simd::avx2,    // simhash_csr
+    Simd::avx512,  // hadamard
+    Simd::avx2,    // hamming
+    Simd::avx2,    // vector_ops
+    Simd::avx2,    // attention
+};
+
+constexpr const char* KERNEL_NAMES[(int)Kernel::count] = {"simhash_dense", "simhash_csr", "hadamard",
+                                                          "hamming",       "vector_ops",  "attention"};
+
+constexpr int AUTO = -2;  // g_level: no level forced
+
 Simd parse(const char* name) {
   std::string s(name);
   if (s == "avx512") return Simd::avx512;
   if (s == "avx2") return Simd::avx2;
   if (s == "scalar") return Simd::scalar;
-  throw std::invalid_argument("HASHLAB_SIMD: expected one of avx512, avx2, scalar, got '" + s + "'");
+  throw std::invalid_argument("HASHLAB_SIMD: expected one of avx512, avx2, scalar, auto, got '" + s + "'");
 }
 
 std::atomic<int> g_level{-1};
@@ -62,7 +84,13 @@ const char* simd_name(Simd level) {
   }
 }
 
+const char* kernel_name(Kernel k) { return KERNEL_NAMES[(int)k]; }
+
 void set_simd_level(const char* name) {
+  if (std::string(name) == "auto") {
+    g_level.store(AUTO);
+    return;
+  }
   Simd s = parse(name);
   if (!detect(s))
     throw std::invalid_argument(std::string("SIMD level '") + name +
@@ -71,18 +99,30 @@ void set_simd_level(const char* name) {
   g_level.store((int)s);
 }
 
-Simd simd_level() {
+namespace {
+// The forced level, or AUTO (HASHLAB_SIMD read on the first call).
+int forced() {
   int v = g_level.load();
-  if (v < 0) {
+  if (v == -1) {
     const char* env = std::getenv("HASHLAB_SIMD");
-    if (env && *env) {
-      set_simd_level(env);  // throws on a bad or unsupported value: the import reports it
-    } else {
-      g_level.store((int)best());
-    }
+    if (env && *env) set_simd_level(env);  // throws on a bad or unsupported value: the import reports it
+    else g_level.store(AUTO);
     v = g_level.load();
   }
-  return (Simd)v;
+  return v;
+}
+}  // namespace
+
+bool simd_forced() { return forced() != AUTO; }
+
+Simd simd_level() {
+  const int v = forced();
+  return v == AUTO ? best() : (Simd)v;
+}
+
+Simd simd_level(Kernel k) {
+  const int v = forced();
+  return v == AUTO ? std::min(best(), DEFAULT_CAP[(int)k]) : (Simd)v;
 }
 
 }  // namespace hashlab

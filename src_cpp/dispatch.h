@@ -6,9 +6,17 @@ namespace hashlab {
 
 enum class Simd { scalar = 0, avx2 = 1, avx512 = 2 };
 
+// The dispatched kernel families; each has its own default level (dispatch.cpp).
+enum class Kernel { simhash_dense, simhash_csr, hadamard, hamming, vector_ops, attention, count };
+
 bool simd_supported(Simd level);  // CPU and OS support this level
-Simd simd_level();                // level in use (env override checked on first call)
+Simd simd_level();                // highest level in use (env override checked on first call)
+Simd simd_level(Kernel k);        // the level of one family: the forced one, else its default
 const char* simd_name(Simd level);
-void set_simd_level(const char* name);  // throws std::invalid_argument if unknown or unsupported
+const char* kernel_name(Kernel k);
+// Forces every family to one level; "auto" returns to the defaults. Throws
+// std::invalid_argument if unknown or unsupported.
+void set_simd_level(const char* name);
+bool simd_forced();  // a level is forced (HASHLAB_SIMD or set_simd_level)
 
 }  // namespace hashlab

@@ -3,9 +3,12 @@
 #include "hashlab/simhash.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
+#include "blas.h"
 #include "dispatch.h"
 #include "hashlab/common.h"
 #include "hashlab/threads.h"
@@ -28,12 +31,14 @@ void check_w(int64_t dim, const float* W, int64_t wstride, int64_t nbits) {
 
 }  // namespace
 
-void simhash_dense_bits(const float* X, int64_t n, int64_t dim, const float* W, int64_t wstride,
-                        int64_t nbits, uint64_t* out) {
-  check_bits_args(n, nbits, out);
-  check_w(dim, W, wstride, nbits);
-  if (n == 0) return;
-  const Simd s = simd_level();
+namespace {
+
+// BLAS blocks: each thread multiplies BLAS_ROWS rows by BLAS_COLS columns of W into a buffer of
+// 1 MB that its sign packing reads while it is still in cache.
+constexpr int64_t BLAS_ROWS = 512, BLAS_COLS = 512;
+
+void dense_bits_kernel(Simd s, const float* X, int64_t n, int64_t dim, const float* W, int64_t wstride,
+                       int64_t nbits, uint64_t* out) {
 #define HL_DENSE(ISA)                                                          \
   {                                                                            \
     std::vector<float> wp(ISA::packed_w_floats(dim, nbits));                   \
@@ -48,6 +53,77 @@ void simhash_dense_bits(const float* X, int64_t n, int64_t dim, const float* W, 
 #undef HL_DENSE
 }
 
+// The products through BLAS sgemm, the signs by product_bits. Two float32 sums of the same
+// dim products, in any order, each differ from the exact one by at most
+// gamma_dim * sum_j |x_j w_j| <= gamma_dim |x| |w| (gamma_n = n u / (1 - n u), u = 2^-24), plus
+// 2^-150 per product for underflow: a product beyond twice that has the same sign in both.
+void dense_bits_blas(Simd s, sgemm_fn sgemm, const float* X, int64_t n, int64_t dim, const float* W,
+                     int64_t wstride, int64_t nbits, uint64_t* out) {
+  const int64_t nwords = (nbits + 63) / 64;
+  const double u = std::ldexp(1.0, -24), gamma = dim * u / (1.0 - dim * u);
+  const double safety = 1.0 + std::ldexp(1.0, -10);  // covers the rounding of the bound's own arithmetic
+  const float eta = (float)((2.0 * dim + 4.0) * std::ldexp(1.0, -149));
+  std::vector<float> wn(round_up(nbits, 64) + 16, 0.0f);
+  {
+    std::vector<double> sq(nbits, 0.0);
+    for (int64_t j = 0; j < dim; ++j)
+      for (int64_t c = 0; c < nbits; ++c) sq[c] += (double)W[j * wstride + c] * W[j * wstride + c];
+    for (int64_t c = 0; c < nbits; ++c) wn[c] = (float)(std::sqrt(sq[c]) * safety);
+  }
+  const double wmax = *std::max_element(wn.begin(), wn.end());
+  BlasSingleThread one_thread;
+  parallel_for((n + BLAS_ROWS - 1) / BLAS_ROWS, 1, [&](int64_t b0, int64_t b1) {
+    thread_local std::vector<float> P, thr;
+    P.resize(BLAS_ROWS * BLAS_COLS);
+    thr.resize(BLAS_ROWS);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t i0 = b * BLAS_ROWS, rows = std::min(BLAS_ROWS, n - i0);
+      std::memset(out + i0 * nwords, 0, sizeof(uint64_t) * nwords * rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        double sq = 0.0;
+        for (int64_t j = 0; j < dim; ++j) sq += (double)X[(i0 + r) * dim + j] * X[(i0 + r) * dim + j];
+        // |x| |w| near float32's range: the kernel's partial sums may overflow, recompute them all
+        thr[r] = std::sqrt(sq) * wmax > 1e37 ? INFINITY : (float)(2.0 * gamma * std::sqrt(sq) * safety);
+      }
+      for (int64_t c0 = 0; c0 < nbits; c0 += BLAS_COLS) {
+        // row-major (rows, cols) = X W is column-major (cols, rows) = W^T X^T, no transposes
+        const int m = (int)std::min(BLAS_COLS, nbits - c0), nn = (int)rows, k = (int)dim;
+        const int lda = (int)wstride, ldb = (int)dim, ldc = (int)BLAS_COLS;
+        const float one = 1.0f, zero = 0.0f;
+        sgemm("N", "N", &m, &nn, &k, &one, W + c0, &lda, X + i0 * dim, &ldb, &zero, P.data(), &ldc);
+#define HL_PACK(ISA) ISA::product_bits(P.data(), BLAS_COLS, i0, rows, c0, m, thr.data(), wn.data() + c0, eta, X, \
+                                       dim, W, wstride, out, nwords)
+        if (s == Simd::avx512) HL_PACK(avx512);
+        else if (s == Simd::avx2) HL_PACK(avx2);
+        else HL_PACK(scalar);
+#undef HL_PACK
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// BLAS where measured faster than the kernel (see hashlab/bench/hashing.py).
+bool simhash_blas_default(int64_t n, int64_t dim) { return n >= 64 && dim <= 1024; }
+
+void simhash_dense_bits(const float* X, int64_t n, int64_t dim, const float* W, int64_t wstride,
+                        int64_t nbits, uint64_t* out, DenseMethod method) {
+  check_bits_args(n, nbits, out);
+  check_w(dim, W, wstride, nbits);
+  if (n == 0) return;
+  const sgemm_fn sgemm = registered_sgemm();
+  check(method != DenseMethod::blas || sgemm, "method: 'blas' needs a registered sgemm (hashlab.simhash registers scipy's)");
+  // BLAS takes int sizes; gamma_dim needs dim * 2^-24 < 1
+  const bool fits = dim <= (1 << 22) && wstride <= INT32_MAX;
+  check(method != DenseMethod::blas || fits, "method: 'blas' needs dim <= 2^22");
+  const bool blas = sgemm && fits &&
+                    (method == DenseMethod::blas || (method == DenseMethod::automatic && simhash_blas_default(n, dim)));
+  const Simd s = simd_level(Kernel::simhash_dense);
+  if (blas) dense_bits_blas(s, sgemm, X, n, dim, W, wstride, nbits, out);
+  else dense_bits_kernel(s, X, n, dim, W, wstride, nbits, out);
+}
+
 void simhash_csr_bits(const int64_t* indptr, const int32_t* indices, const float* data, int64_t n,
                       int64_t dim, const float* W, int64_t wstride, int64_t nbits, uint64_t* out) {
   check_bits_args(n, nbits, out);
@@ -57,7 +133,7 @@ void simhash_csr_bits(const int64_t* indptr, const int32_t* indices, const float
     check(indptr[i + 1] >= indptr[i], "indptr: expected a non-decreasing array");
   for (int64_t p = 0; p < indptr[n]; ++p)
     check(indices[p] >= 0 && indices[p] < dim, "indices: expected column indices in [0, dim)");
-  const Simd s = simd_level();
+  const Simd s = simd_level(Kernel::simhash_csr);
   parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
     if (s == Simd::avx512) avx512::csr_bits(indptr, indices, data, r0, r1, W, wstride, nbits, out);
     else if (s == Simd::avx2) avx2::csr_bits(indptr, indices, data, r0, r1, W, wstride, nbits, out);
@@ -73,7 +149,7 @@ void hadamard_bits(const float* X, int64_t n, int64_t dim, const float* signs, i
   int64_t D = 1;
   while (D < dim) D <<= 1;
   check(n_rot >= 1 && n_rot * D >= nbits, "signs: expected n_rot + 2 rows, enough rotations to cover nbits");
-  const Simd s = simd_level();
+  const Simd s = simd_level(Kernel::hadamard);
   // grain of 16 rows: a whole vector of rows for every level
   parallel_for((n + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
     const int64_t r0 = b0 * 16, r1 = std::min(n, b1 * 16);
@@ -106,7 +182,7 @@ void bits_to_keys(const uint64_t* bits, int64_t n, int64_t nwords, int k, int l,
 void hamming_pairwise(const uint64_t* a, int64_t na, const uint64_t* b, int64_t nb, int64_t nwords,
                       int32_t* out) {
   check(na >= 0 && nb >= 0 && nwords >= 0, "hamming: expected non-negative sizes");
-  const Simd s = simd_level();
+  const Simd s = simd_level(Kernel::hamming);
   parallel_for(na, std::max<int64_t>(1, 4096 / std::max<int64_t>(nb, 1)), [&](int64_t r0, int64_t r1) {
     if (s == Simd::avx512) avx512::hamming_rows(a, r0, r1, b, nb, nwords, out);
     else if (s == Simd::avx2) avx2::hamming_rows(a, r0, r1, b, nb, nwords, out);
@@ -225,7 +301,7 @@ void hamming_topm(const uint64_t* q, int64_t nq, const uint64_t* b, int64_t nb, 
   check(m >= 1 && m <= nb, "hamming_topm: expected 1 <= m <= the number of rows");
   check(nb < (int64_t(1) << 31), "hamming_topm: expected fewer than 2^31 rows");
   if (nq == 0) return;
-  const Simd s = simd_level();
+  const Simd s = simd_level(Kernel::hamming);
   const int T = get_num_threads();
   // the sample: evenly spaced rows, copied together
   const int64_t ns = std::min(nb, TOPM_SAMPLE);

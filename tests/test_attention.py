@@ -194,7 +194,7 @@ def planted(rng, n_kv, n, d, H, n_hot=8, strength=3.0):
 
 @pytest.fixture(autouse=True)
 def _restore_simd():
-    before = _C.simd_level()
+    before = _C.simd_level() if _C.simd_forced() else "auto"
     yield
     _C.set_simd_level(before)
 

@@ -72,3 +72,33 @@ def test_kernel_errors_in_worker_threads_propagate_as_value_error():
     W = np.zeros((3, 64), dtype=np.float32)
     with pytest.raises(ValueError):
         _C.simhash_csr_bits(indptr, indices, data, W, 10)
+
+
+def test_each_family_has_a_level_and_hashlab_simd_forces_all():
+    code = "import hashlab, json; print(json.dumps(hashlab.simd_levels()))"
+    import json
+    best = next(lv for lv in ("avx512", "avx2", "scalar") if _C.simd_supported(lv))
+    order = ["scalar", "avx2", "avx512"]
+    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, HASHLAB_SIMD=""), capture_output=True,
+                       text=True, cwd=ROOT)
+    levels = json.loads(r.stdout)
+    assert set(levels) == {"simhash_dense", "simhash_csr", "hadamard", "hamming", "vector_ops", "attention"}
+    assert all(order.index(lv) <= order.index(best) for lv in levels.values())
+    if best == "avx512":  # measured slower at AVX-512 than at AVX2 (src_cpp/dispatch.cpp)
+        assert levels["simhash_dense"] == levels["attention"] == "avx2"
+        assert levels["hadamard"] == "avx512"
+    for lv in order[:order.index(best) + 1]:
+        r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, HASHLAB_SIMD=lv), capture_output=True,
+                           text=True, cwd=ROOT)
+        assert set(json.loads(r.stdout).values()) == {lv}, r.stderr
+
+
+def test_auto_returns_to_the_defaults():
+    before = _C.simd_level() if _C.simd_forced() else "auto"
+    try:
+        _C.set_simd_level("scalar")
+        assert _C.simd_forced() and set(hashlab.simd_levels().values()) == {"scalar"}
+        _C.set_simd_level("auto")
+        assert not _C.simd_forced()
+    finally:
+        _C.set_simd_level(before)

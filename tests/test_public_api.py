@@ -31,6 +31,7 @@ NO_ARRAYS = {
     "label_range": "integer arithmetic: a rank's [lo, hi) label range",
     "read_dumpavail": "parses apt-cache dumpavail text into a list of dicts",
     "simd_level": "returns a string",
+    "simd_levels": "returns a dict of strings",
     "set_num_threads": "takes an int",
     "get_num_threads": "returns an int",
     # hashlab.torch

@@ -167,3 +167,45 @@ def test_empty_batch_and_torch_tensors(rng):
     X = make_rows(rng, 6, 12)
     assert np.array_equal(h.hash(torch.from_numpy(X)), h.hash(X))
     assert np.array_equal(h.hash(X.astype(np.float64)), h.hash(X))
+
+
+def near_zero_rows(rng, W, n, dim):
+    """Rows whose product with some column of W is within float32 rounding of zero: the
+    row made orthogonal to a column in float64, then shifted by a few ulps of its terms."""
+    X = rng.standard_normal((n, dim))
+    cols = rng.integers(0, W.shape[1], size=n)
+    w = W[:, cols].T.astype(np.float64)
+    X -= ((X * w).sum(1) / (w * w).sum(1))[:, None] * w
+    X += rng.uniform(-4, 4, size=(n, 1)) * 2.0**-24 * np.linalg.norm(X, axis=1, keepdims=True) * w / np.linalg.norm(w, axis=1, keepdims=True)
+    return X.astype(np.float32)
+
+
+@pytest.mark.parametrize("dim", [1, 7, 33, 128, 1000])
+def test_blas_bits_identical_to_the_kernel(dim, rng, each_simd):
+    from hashlab import _C
+    from hashlab.simhash import _register_sgemm
+    if not _register_sgemm():
+        pytest.skip("scipy's BLAS exports no OpenBLAS thread controls")
+    h = SimHash(dim, 10, 61, seed=dim)  # 610 bits: two BLAS column blocks, the last one partial
+    W = h.W[:, :h.nbits]
+    X = np.concatenate([near_zero_rows(rng, W, 600, dim), make_rows(rng, 500, dim)])
+    # the rows built to land in the band that BLAS's signs must not decide: 2 gamma_dim |x| |w|
+    P = X.astype(np.float64) @ W.astype(np.float64)
+    u = 2.0**-24
+    band = 2 * dim * u / (1 - dim * u) * np.linalg.norm(X.astype(np.float64), axis=1)[:, None] * np.linalg.norm(
+        W.astype(np.float64), axis=0)
+    if dim > 1:
+        assert (np.abs(P[:600]) <= band[:600]).sum() >= 300
+    res = each_simd(lambda: (_C.simhash_dense_bits(X, h.W, h.nbits, "kernel"),
+                             _C.simhash_dense_bits(X, h.W, h.nbits, "blas"), h.bits(X)))
+    ref = res["scalar"][0]
+    for lv, (kernel, blas, auto) in res.items():
+        assert np.array_equal(kernel, ref), lv
+        assert np.array_equal(blas, ref), lv
+        assert np.array_equal(auto, ref), lv
+
+
+def test_dense_method_is_validated():
+    from hashlab import _C
+    with pytest.raises(ValueError, match="method"):
+        _C.simhash_dense_bits(np.zeros((2, 3), np.float32), np.zeros((3, 64), np.float32), 10, "gemm")

@@ -16,6 +16,12 @@ PYBIND11_MODULE(_C, m) {
     throw std::invalid_argument("simd level: expected 'avx512', 'avx2' or 'scalar', got '" + name + "'");
   });
   m.def("set_simd_level", [](const std::string& name) { set_simd_level(name.c_str()); });
+  m.def("simd_forced", [] { return simd_forced(); });
+  m.def("simd_levels", [] {
+    py::dict d;
+    for (int k = 0; k < (int)Kernel::count; ++k) d[kernel_name((Kernel)k)] = simd_name(simd_level((Kernel)k));
+    return d;
+  });
   m.def("set_num_threads", &set_num_threads);
   m.def("get_num_threads", &get_num_threads);
   bind_simhash(m);

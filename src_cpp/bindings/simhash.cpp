@@ -1,21 +1,29 @@
 #include "hashlab/simhash.h"
 
 #include "bindings.h"
+#include "blas.h"
 
 namespace hashlab {
 
 void bind_simhash(py::module_& m) {
-  m.def("simhash_dense_bits", [](carray<float> X, carray<float> W, int64_t nbits) {
+  m.def("register_sgemm", [](py::capsule fn) { return register_sgemm(fn.get_pointer()); }, py::arg("fn"));
+
+  m.def("simhash_dense_bits", [](carray<float> X, carray<float> W, int64_t nbits, const std::string& method) {
+    DenseMethod dm;
+    if (method == "auto") dm = DenseMethod::automatic;
+    else if (method == "kernel") dm = DenseMethod::kernel;
+    else if (method == "blas") dm = DenseMethod::blas;
+    else throw std::invalid_argument("method: expected 'auto', 'kernel' or 'blas', got '" + method + "'");
     require_shape(X, "X", {-1, -1});
     require_shape(W, "W", {X.shape(1), -1});
     const int64_t n = X.shape(0), nwords = (nbits + 63) / 64;
     carray<uint64_t> out({n, nwords});
     {
       py::gil_scoped_release nogil;
-      simhash_dense_bits(X.data(), n, X.shape(1), W.data(), W.shape(1), nbits, out.mutable_data());
+      simhash_dense_bits(X.data(), n, X.shape(1), W.data(), W.shape(1), nbits, out.mutable_data(), dm);
     }
     return out;
-  }, py::arg("X"), py::arg("W"), py::arg("nbits"));
+  }, py::arg("X"), py::arg("W"), py::arg("nbits"), py::arg("method") = "auto");
 
   m.def("simhash_csr_bits", [](carray<int64_t> indptr, carray<int32_t> indices, carray<float> data,
                                carray<float> W, int64_t nbits) {

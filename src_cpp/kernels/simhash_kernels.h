@@ -12,6 +12,9 @@
   void pack_w(const float* W, int64_t dim, int64_t wstride, int64_t nbits, float* wp);            \
   void dense_bits(const float* X, int64_t r0, int64_t r1, int64_t dim, const float* wp,           \
                   int64_t nbits, uint64_t* out);                                                   \
+  void product_bits(const float* P, int64_t ldp, int64_t i0, int64_t rows, int64_t c0, int64_t ncols,    \
+                    const float* thr, const float* wn, float eta, const float* X, int64_t dim,          \
+                    const float* W, int64_t wstride, uint64_t* out, int64_t nwords);                   \
   void csr_bits(const int64_t* indptr, const int32_t* indices, const float* data, int64_t r0,     \
                 int64_t r1, const float* W, int64_t wstride, int64_t nbits, uint64_t* out);        \
   void hadamard_bits(const float* X, int64_t r0, int64_t r1, int64_t dim, const float* signs,     \

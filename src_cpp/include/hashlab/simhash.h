@@ -12,10 +12,15 @@
 
 namespace hashlab {
 
+// How the dense projection is computed: automatic = BLAS sgemm where it is registered and
+// simhash_blas_default says so, else the own kernel. The bits are the same either way.
+enum class DenseMethod { automatic, kernel, blas };
+
 // X (n, dim) float32 row-major; W (dim, wstride) float32 row-major with wstride a
 // multiple of 64 >= nbits (padding columns ignored); out (n, nwords), nwords = ceil(nbits/64).
 void simhash_dense_bits(const float* X, int64_t n, int64_t dim, const float* W, int64_t wstride,
-                        int64_t nbits, uint64_t* out);
+                        int64_t nbits, uint64_t* out, DenseMethod method = DenseMethod::automatic);
+bool simhash_blas_default(int64_t n, int64_t dim);
 
 // CSR rows (indptr (n+1) int64, indices int32 in [0, dim), data float32); same W and out.
 void simhash_csr_bits(const int64_t* indptr, const int32_t* indices, const float* data, int64_t n,
