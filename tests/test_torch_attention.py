@@ -224,6 +224,30 @@ def test_bad_parameters(tiny):
     assert not is_lsh_attention_enabled(tiny)
 
 
+def test_layer_params_reach_each_layers_index(tiny, prompt):
+    # layer 1 forced exact (every candidate sampled), layer 0 sampled with the base parameters
+    enable_lsh_attention(tiny, dense_layers=(), layer_params={1: dict(min_collisions=0, l=40)}, **SAMPLED)
+    try:
+        out = _greedy(tiny, prompt, n=6, return_dict_in_generate=True)
+        l0, l1 = out.cache.layers
+        assert (l0.indexes[0].l, l0.indexes[0].min_collisions) == (SAMPLED["l"], SAMPLED["min_collisions"])
+        assert (l1.indexes[0].l, l1.indexes[0].min_collisions, l1.indexes[0].k) == (40, 0, SAMPLED["k"])
+        assert l1.stats.touched == l1.stats.candidates > 0
+        assert 0 < l0.stats.touched < l0.stats.candidates
+    finally:
+        disable_lsh_attention(tiny)
+    params = LSHAttentionParams(layer_params={3: {"l": 300}})
+    assert params.for_layer(3).l == 300 and params.for_layer(2) is params
+    assert LSHAttentionParams(**{f: getattr(params, f) for f in params.__dataclass_fields__}) == params
+    with pytest.raises(ValueError, match="layer_params"):
+        enable_lsh_attention(tiny, layer_params={2: {"l": 300}})  # the tiny model has layers 0 and 1
+    with pytest.raises(ValueError, match="layer_params"):
+        LSHAttentionParams(layer_params={1: {"dense": True}})
+    with pytest.raises(ValueError, match="min_collisions"):
+        LSHAttentionParams(layer_params={1: {"l": 1}})  # min_collisions 2 > l 1 in that layer
+    assert not is_lsh_attention_enabled(tiny)
+
+
 def test_beam_search_and_crop_are_refused(tiny, prompt):
     cache = LSHCache(tiny, dense_layers=())
     with pytest.raises(NotImplementedError, match="beam"):

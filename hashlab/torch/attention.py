@@ -106,6 +106,10 @@ class LSHAttentionParams:
     reshaped towards each query's top keys); the fit (torch autograd, 100 Adam steps per KV
     head: ~25 s per SmolLM2 layer of 3 KV heads at 4K tokens on a loaded 2-core machine)
     runs at prefill, for every batch element and LSH layer.
+    layer_params: per-layer overrides, ``{layer_idx: {"k": ..., "l": ..., "min_collisions": ...,
+    "sinks": ..., "window": ..., "max_sampled": ...}}`` (any subset of those names), applied to
+    that layer's index on top of the parameters above (stored as a sorted tuple of
+    ``(layer_idx, ((name, value), ...))`` pairs; ``for_layer(i)`` gives layer i's parameters).
     """
 
     k: int = 10
@@ -118,6 +122,7 @@ class LSHAttentionParams:
     index_dtype: str = "float32"
     dense_layers: tuple = (0,)
     learned: bool = False
+    layer_params: tuple = ()
 
     def __post_init__(self):
         check_int(self.k, "k", 1, 32)
@@ -139,13 +144,56 @@ class LSHAttentionParams:
             raise TypeError(f"dense_layers: expected an iterable of integers, got "
                             f"{type(self.dense_layers).__name__}") from None
         object.__setattr__(self, "dense_layers", dense)
+        object.__setattr__(self, "layer_params", _layer_params(self.layer_params))
+        for i, _ in self.layer_params:
+            self.for_layer(i)  # each layer's combination is valid (e.g. min_collisions <= l)
+
+    def for_layer(self, layer_idx: int) -> "LSHAttentionParams":
+        """The parameters of layer ``layer_idx``'s index: these with its ``layer_params`` applied."""
+        over = dict(self.layer_params).get(layer_idx)
+        if not over:
+            return self
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "layer_params"}
+        return LSHAttentionParams(**{**fields, **dict(over)})
 
     def new_index(self, head_dim: int, n_kv_heads: int, layer_idx: int = 0):
         from ..attention import LSHKVIndex  # the numpy/C++ kernel (no torch)
 
+        if self.layer_params:
+            p = self.for_layer(layer_idx)
+            if p is not self:
+                return p.new_index(head_dim, n_kv_heads, layer_idx)
         return LSHKVIndex(head_dim, n_kv_heads, k=self.k, l=self.l, min_collisions=self.min_collisions,
                           sinks=self.sinks, window=self.window, seed=self.seed + layer_idx,
                           max_sampled=self.max_sampled, dtype=self.index_dtype, learned=self.learned)
+
+
+_LAYER_FIELDS = ("k", "l", "min_collisions", "sinks", "window", "max_sampled")
+
+
+def _layer_params(given):
+    """``layer_params`` as a sorted tuple of (layer_idx, ((name, value), ...)) pairs (from a dict or that form)."""
+    if given is None:
+        return ()
+    try:
+        items = list(given.items()) if isinstance(given, dict) else [tuple(x) for x in given]
+    except TypeError:
+        raise TypeError(f"layer_params: expected a dict {{layer_idx: {{name: value}}}}, got "
+                        f"{type(given).__name__}") from None
+    out = {}
+    for pair in items:
+        if len(pair) != 2:
+            raise TypeError(f"layer_params: expected (layer_idx, overrides) pairs, got {pair!r}")
+        i, over = pair
+        i = check_int(i, "layer_params key", 0)
+        over = dict(over.items() if isinstance(over, dict) else over)
+        bad = sorted(set(over) - set(_LAYER_FIELDS))
+        if bad:
+            raise ValueError(f"layer_params[{i}]: expected names among {_LAYER_FIELDS}, got {bad}")
+        if i in out:
+            raise ValueError(f"layer_params: layer {i} given twice")
+        out[i] = tuple(sorted(over.items()))
+    return tuple(sorted(out.items()))
 
 
 class _Stats:
@@ -522,9 +570,7 @@ def _hf_classes():
             elif kwargs:
                 raise TypeError("pass either params= or keyword parameters, not both")
             layers, full = _dense_layout(config)
-            bad = [i for i in params.dense_layers if i >= len(layers)]
-            if bad:
-                raise ValueError(f"dense_layers: expected layer indexes in [0, {len(layers) - 1}], got {bad}")
+            _check_layer_indexes(params, len(layers))
             self.params = params
             layers = [LSHCacheLayer(params, i) if i in full and i not in params.dense_layers else layer
                       for i, layer in enumerate(layers)]
@@ -611,6 +657,14 @@ def _dense_layout(config):
     return layers, full
 
 
+def _check_layer_indexes(params: LSHAttentionParams, n_layers: int):
+    """ValueError when ``dense_layers`` or ``layer_params`` name a layer the model does not have."""
+    for name, idx in (("dense_layers", params.dense_layers), ("layer_params", [i for i, _ in params.layer_params])):
+        bad = [i for i in idx if i >= n_layers]
+        if bad:
+            raise ValueError(f"{name}: expected layer indexes in [0, {n_layers - 1}], got {bad}")
+
+
 def _register():
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
@@ -662,7 +716,7 @@ def _generate_with_lsh_cache(*args, model, **kwargs):
 
 
 def enable_lsh_attention(model, k=10, l=150, sinks=4, window=64, dense_layers=(0,), min_collisions=2, seed=0,
-                         max_sampled=None, index_dtype="float32", learned=False):
+                         max_sampled=None, index_dtype="float32", learned=False, layer_params=None):
     """Make a transformers decoder-only causal LM decode with LSH-sampled attention (MagicPIG).
 
     Prefill stays dense (transformers' SDPA); at each decode step every full-attention layer
@@ -683,10 +737,8 @@ def enable_lsh_attention(model, k=10, l=150, sinks=4, window=64, dense_layers=(0
     n_layers = len(layers)
     params = LSHAttentionParams(k=k, l=l, min_collisions=min_collisions, sinks=sinks, window=window, seed=seed,
                                 max_sampled=max_sampled, index_dtype=index_dtype, dense_layers=dense_layers,
-                                learned=learned)
-    bad = [i for i in params.dense_layers if i >= n_layers]
-    if bad:
-        raise ValueError(f"dense_layers: expected layer indexes in [0, {n_layers - 1}], got {bad}")
+                                learned=learned, layer_params=layer_params)
+    _check_layer_indexes(params, n_layers)
     _register()
     if not is_lsh_attention_enabled(model):
         model._hashlab_lsh_previous = model.config._attn_implementation
