@@ -70,6 +70,7 @@ import numpy as np
 import hashlab
 
 from . import _common as C
+from .xmc_worker import _proc_status, _reset_peak  # the standalone worker's peak-RSS readers
 
 SYSTEMS = ("dense", "lsh", "lsh+head")
 PAIRED = "paired"  # the systems' decode steps interleaved in one process (same load for each)
@@ -213,24 +214,6 @@ def _prepare(model, workdir, need):
 # worker side: one (context, system) per process
 # ---------------------------------------------------------------------------
 
-def _proc_status():
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, val = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(val.split()[0]) * 1024
-    return out
-
-
-def _reset_peak():
-    """Resets VmHWM to the current RSS (Linux >= 4.0); False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class _Profiler:

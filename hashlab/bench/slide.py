@@ -48,7 +48,7 @@ import scipy.sparse as sp
 import hashlab
 
 from . import _common as C
-from .xmc_worker import _proc_status  # the standalone worker's (it cannot import hashlab)
+from .xmc_worker import _proc_status, _reset_peak  # the standalone worker's (it cannot import hashlab)
 
 NAME = "slide"
 PNG = "slide_p1_vs_time.png"
@@ -89,14 +89,6 @@ def _thresholds(budget):
 # worker side (one system per process)
 # ---------------------------------------------------------------------------
 
-def _reset_peak():
-    """Resets VmHWM to the current RSS (Linux >= 4.0); False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _load_data(data_dir, val):

@@ -36,7 +36,7 @@ K = 5
 
 
 def _proc_status():
-    """VmRSS and VmHWM of this process, bytes (also used by hashlab.bench.slide)."""
+    """VmRSS and VmHWM of this process, bytes (also used by hashlab.bench.slide and .decode)."""
     out = {}
     with open("/proc/self/status") as f:
         for line in f:
@@ -44,6 +44,16 @@ def _proc_status():
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(val.split()[0]) * 1024
     return out
+
+
+def _reset_peak():
+    """Resets VmHWM to the current RSS (Linux >= 4.0); False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _load(data_dir, name):
