@@ -26,7 +26,7 @@ import sys
 import time
 
 # Suites in the order `all` runs them (fast ones first); module hashlab.bench.<name>.
-SUITES = ("hashing", "tables", "learned", "attention", "retrieval", "slide", "xmc", "decode")
+SUITES = ("hashing", "tables", "learned", "attention", "retrieval", "slide", "xmc", "decode", "isa")
 # Run when its module exists (written separately); imported only when run.
 OPTIONAL_SUITES = ("distributed",)
 # Optional dependencies `hashlab info` reports: (import name, distribution name)

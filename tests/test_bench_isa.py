@@ -1,0 +1,37 @@
+"""`hashlab bench isa`: every level this CPU has, each in its own process, one row per kernel family."""
+import json
+
+import pytest
+
+from hashlab import _C
+from hashlab.bench import isa
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("isa")
+    return isa.run(quick=True, threads=1, out=out, tiny=True), out
+
+
+def test_every_supported_level_times_every_family(result):
+    r, out = result
+    levels = [lv for lv in isa.LEVELS if _C.simd_supported(lv)]
+    assert r["levels"] == levels and "scalar" in levels
+    data = json.loads((out / "isa.json").read_text())
+    assert set(data["best"]) == {row[0] for row in data["table"]["rows"]}
+    for family, times in data["best"].items():
+        assert set(times) == set(levels) and all(t > 0 for t in times.values()), family
+    # each worker ran at the level it was given (HASHLAB_SIMD in its own process)
+    assert all(len(runs) == 1 for runs in data["runs"].values())
+    md = (out / "isa.md").read_text()
+    assert "| Kernel family |" in md and "attention (dense_attention)" in md
+
+
+def test_the_default_column_is_the_build_default(result):
+    r, _ = result
+    if _C.simd_forced():
+        pytest.skip("HASHLAB_SIMD forces a level in this process: no defaults to compare")
+    defaults = dict(_C.simd_levels())
+    for row in r["table"]["rows"]:
+        family = row[0].split(" ")[0]
+        assert f"default: {defaults[family]}" in row[2]
