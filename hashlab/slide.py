@@ -717,13 +717,14 @@ class SparseMLP:
         scores = np.empty((n, k), np.float32)
         labels = np.empty((n, k), np.int64)
         for s in range(0, n, batch_size):
-            H = self._hidden(X[s:s + batch_size])[-1]
+            Xb = X[s:s + batch_size]
+            H = self._hidden(Xb)[-1]
             if mode == "dense":
                 sc, lb = dense_topk(H, self.out_w.w, self.out_b.w, short)
             else:
                 sc, lb = self._lsh_topk(H, short)
             if rr is not None:
-                sc, lb = rr.rerank(X[s:s + batch_size], sc, lb, k)
+                sc, lb = rr.rerank(Xb, sc, lb, k)
             scores[s:s + batch_size], labels[s:s + batch_size] = sc, lb
         return scores, labels
 
