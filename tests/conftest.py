@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+import hashlab
 from hashlab import _C
 
 ALL_LEVELS = ("scalar", "avx2", "avx512")
@@ -32,6 +33,14 @@ def each_simd():
 
     yield run
     _C.set_simd_level(before)
+
+
+@pytest.fixture
+def threads():
+    """Yields hashlab.set_num_threads; the thread count in force before the test is restored after it."""
+    before = hashlab.get_num_threads()
+    yield hashlab.set_num_threads
+    hashlab.set_num_threads(before)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import hashlab
 from hashlab import _C
 
 
@@ -17,13 +16,6 @@ def codes(rng, n, words, distinct=None):
     """Random codes; with ``distinct``, only that many different rows (many exact ties)."""
     x = rng.integers(0, 2**63, size=(n if distinct is None else distinct, words), dtype=np.uint64)
     return x if distinct is None else x[rng.integers(0, distinct, n)]
-
-
-@pytest.fixture
-def threads():
-    before = hashlab.get_num_threads()
-    yield hashlab.set_num_threads
-    hashlab.set_num_threads(before)
 
 
 @pytest.mark.parametrize("nq", [1, 3, 40])  # 1 and 3: rows split over threads; 40: queries over threads
