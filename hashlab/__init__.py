@@ -4,7 +4,7 @@ Everything public is importable from here:
 
 - hash families and tables: SimHash, WTAHash, DWTAHash, MinHash, LearnedSimHash (with
   DriftScheduler), LSHTables, LSHParams / default_params, hamming;
-- applications: SparseMLP (SLIDE training; FeatureReranker, its last stage), OutputRetriever (top-k of a linear layer),
+- applications: SparseMLP (SLIDE training; FeatureReranker and HiddenNeighbours, its last stages), OutputRetriever (top-k of a linear layer),
   LSHKVIndex / dense_attention / topk_attention (LSH-sampled attention), and the
   label-sharded ShardedSparseMLP / ShardedRetriever over torch.distributed;
 - XMC data and metrics: load_xmc, save_xmc, make_xmc, make_preset, labels_to_csr,
@@ -26,6 +26,7 @@ from .hashing import hamming
 from .learned import LearnedSimHash
 from .metrics import *  # noqa: F403  (every metric: hashlab.metrics.__all__)
 from .minhash import MinHash
+from .neighbours import HiddenNeighbours
 from .params import LSHParams, default_params, retrieved_fraction
 from .rerank import FeatureReranker
 from .retrieval import OutputRetriever, dense_topk
@@ -51,7 +52,7 @@ __all__ = [
     "SimHash", "WTAHash", "DWTAHash", "MinHash", "LearnedSimHash", "DriftScheduler", "LSHTables", "LSHParams",
     "default_params", "retrieved_fraction", "hamming", "popcount32", "MAX_RANGE_BITS", "MAX_BUCKET_CAPACITY",
     # applications
-    "SparseMLP", "FeatureReranker", "OutputRetriever", "dense_topk", "LSHKVIndex", "dense_attention", "topk_attention",
+    "SparseMLP", "FeatureReranker", "HiddenNeighbours", "OutputRetriever", "dense_topk", "LSHKVIndex", "dense_attention", "topk_attention",
     "sampling_probability", "table_bits", "fit_key_transform",
     # data
     "load_xmc", "save_xmc", "make_xmc", "make_preset", "labels_to_csr",

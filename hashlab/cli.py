@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=fit["rerank"],
                    help="end training with the feature re-ranker (SparseMLP.fit's rerank; default "
                         f"{'on' if fit['rerank'] else 'off'})")
+    t.add_argument("--neighbours", action=argparse.BooleanOptionalAction, default=fit["neighbours"],
+                   help="end training with the hidden-space neighbour votes (SparseMLP.fit's neighbours; needs "
+                        f"--holdout > 0; default {'on' if fit['neighbours'] else 'off'})")
     t.add_argument("--seed", type=int, default=init["seed"],
                    help=f"seed for data, initialisation and hashing (default {_shown(init['seed'])})")
     t.add_argument("--save", type=pathlib.Path, default=None,
@@ -373,7 +376,8 @@ def cmd_train(args, parser) -> int:
     model.fit(Xtr, Ytr, epochs=args.epochs, batch_size=args.batch_size,
               validation=args.holdout if args.holdout > 0 else None, time_budget=args.time_budget,
               early_stopping=args.early_stopping if args.holdout > 0 else None, lr_schedule=args.lr_schedule,
-              checkpoint=None if save is None else os.fspath(save), verbose=not args.quiet, rerank=args.rerank)
+              checkpoint=None if save is None else os.fspath(save), verbose=not args.quiet, rerank=args.rerank,
+              neighbours=args.neighbours)
     train_s = time.perf_counter() - t1
     print(f"trained {model.step:,} batches of {args.batch_size} in {train_s:.1f} s ({model.step / train_s:,.1f} "
           f"batches/s), {model.rebuilds} table rebuilds", flush=True)

@@ -52,13 +52,14 @@ from .params import default_params
 from .rerank import SHARE as RERANK_SHARE
 from .rerank import FeatureReranker
 from .rerank import fit_stage as _fit_rerank_stage
+from . import neighbours as _nb
 from .simhash import SimHash
 from .tables import LSHTables
 from .topk import dense_topk
 from .train_control import SCHEDULES, EarlyStopping, RunClock, lr_factor
 from .wta import DWTAHash
 
-FORMAT_VERSION = 3  # 2: a "kind", checkpoint or inference-only; 3: the feature re-ranker; 1 and 2 still load
+FORMAT_VERSION = 4  # 2: a "kind", checkpoint or inference-only; 3: the feature re-ranker; 4: neighbours; 1-3 load
 SAVE_DTYPES = ("float32", "float16")  # weights of an inference-only file
 ACTIVATIONS = ("relu", "tanh")
 HASHES = ("dwta", "simhash", "learned")
@@ -200,6 +201,8 @@ class SparseMLP:
 
     reranker = None       # FeatureReranker of the last fit (rerank=True), or None
     rerank_report_ = None  # what fit's re-ranking stage did (hashlab.rerank.fit_stage)
+    neighbours = None     # HiddenNeighbours of the last fit (neighbours=True), or None
+    neighbours_report_ = None  # what fit's neighbour stage did (hashlab.neighbours.fit_stage)
 
     def __init__(self, input_dim, output_dim, hidden=None, activation="relu", hash="simhash", k=None, l=None,
                  target_active=None, lr=5e-3, seed=0, bucket_capacity=None, rebuild_first=50,
@@ -459,7 +462,7 @@ class SparseMLP:
     def fit(self, X, Y, epochs=None, batch_size=DEFAULT_BATCH, validation=None, checkpoint=None,
             checkpoint_every=None, eval_every=None, eval_size=2000, verbose=True, time_budget=None,
             early_stopping=None, restore_best=True, lr_schedule="linear", warmup=0.05, init="centroid",
-            rerank=True):
+            rerank=True, neighbours=True):
         """Trains on X (n, input_dim) CSR float32 with labels Y; returns self.
 
         Y: CSR indicator (n, output_dim) or a list of n label lists. Shuffles every epoch;
@@ -501,6 +504,14 @@ class SparseMLP:
         time_budget, and kept only if it does not lower validation P@1 (when validation is
         given); ``predict_topk`` and ``evaluate`` then use it, ``rerank_report_`` says what it
         did. Every fit call trains a new one on the model it leaves.
+        neighbours: True (default) then adds the label votes of the 30 training rows nearest in
+        hidden space to the top-32 (hashlab.neighbours.HiddenNeighbours: cosine, weighted by
+        cos ** 4), with the weight of the votes chosen on the validation rows (up to
+        hashlab.neighbours.SHARE, 10%, of time_budget, taken from the MLP's share) and dropped when
+        no weight raises validation P@1; needs validation rows (without them nothing is built).
+        It keeps the training rows' hidden activations (n, hidden[-1]) float32 and labels in
+        the model and its files: prediction then costs one more product against them.
+        ``neighbours_report_`` says what it did.
         """
         self._check_trainable()
         X = _as_features(X, self.input_dim)
@@ -534,11 +545,14 @@ class SparseMLP:
         else:
             eval_every = check_int(eval_every, "eval_every", 1)
         init = check_choice(init, "init", ("centroid", "random"))
-        if not isinstance(rerank, (bool, np.bool_)):
-            raise TypeError(f"rerank: expected a bool, got {type(rerank).__name__}")
-        self.reranker = None  # it scores the MLP it was fitted on: refitted at the end
+        for name, flag in (("rerank", rerank), ("neighbours", neighbours)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
+        # both score the MLP they were fitted on: refitted at the end
+        self.reranker = self.neighbours = None
         t_start = time.perf_counter()
-        mlp_budget = time_budget if time_budget is None or not rerank else time_budget * (1 - RERANK_SHARE)
+        stages = (RERANK_SHARE if rerank else 0.0) + (_nb.SHARE if neighbours and val is not None else 0.0)
+        mlp_budget = None if time_budget is None else time_budget * (1 - stages)
         clock = RunClock(None, mlp_budget)  # the budget covers the init and everything after it
         if init == "centroid" and self.step == 0:
             self._init_from_centroids(X, Y)
@@ -606,13 +620,21 @@ class SparseMLP:
             self._restore_weights(stopper.snapshot)
             self.best_step_ = stopper.best_step
         if rerank:
-            deadline = None if time_budget is None else t_start + time_budget
+            deadline = None if time_budget is None else \
+                t_start + time_budget * (1 - (_nb.SHARE if neighbours and val is not None else 0.0))
             self.reranker, self.rerank_report_ = _fit_rerank_stage(self, X, Y, val, deadline, self.seed + 7)
             if verbose:
                 r = self.rerank_report_
                 vals = f", val P@1 {r['val_P@1_without']:.4f} -> {r['val_P@1_with']:.4f}" if "val_P@1_with" in r else ""
                 print(f"re-ranker: {r['rows']} rows, {r['epochs']} epochs, {r['seconds']:.1f} s{vals}, "
                       f"{'kept' if r['kept'] else 'not kept'}")
+        if neighbours:
+            deadline = None if time_budget is None else t_start + time_budget
+            self.neighbours, self.neighbours_report_ = _nb.fit_stage(self, X, Y, val, deadline)
+            if verbose and "val_P@1_with" in self.neighbours_report_:
+                r = self.neighbours_report_
+                print(f"neighbours: weight {r['weight']:g}, {r['seconds']:.1f} s, val P@1 "
+                      f"{r['val_P@1_without']:.4f} -> {r['val_P@1_with']:.4f}, {'kept' if r['kept'] else 'not kept'}")
         if checkpoint is not None:
             self.save(checkpoint)
         return self
@@ -704,16 +726,26 @@ class SparseMLP:
         OutputRetriever over the output layer returns (hashlab.retrieval, built on first
         use and after training steps), falling back to dense scoring for rows with fewer
         than k candidates. With a re-ranker (fit's rerank), the top max(k, 32) so found are
-        re-scored by it. Returns (scores float32 (n, k), labels int64 (n, k)), best first;
-        ties go to the lower label id.
+        re-scored by it; with neighbours (fit's neighbours), the top max(k, 32) then get the
+        label votes of the nearest training rows added (hashlab.neighbours: the returned
+        scores are then softmax probabilities plus weighted votes, not logits). Returns
+        (scores float32 (n, k), labels int64 (n, k)), best first; ties go to the lower label id.
         """
+        return self._predict(X, k, mode, batch_size, True)
+
+    def _shortlist(self, X, k, mode="dense", batch_size=256):
+        """predict_topk without the neighbour votes (the MLP, re-ranked if fit kept a re-ranker)."""
+        return self._predict(X, k, mode, batch_size, False)
+
+    def _predict(self, X, k, mode, batch_size, use_neighbours):
         X = _as_features(X, self.input_dim)
         k = min(check_int(k, "k", 1), self.output_dim)
         mode = check_choice(mode, "mode", ("dense", "lsh"))
         batch_size = check_int(batch_size, "batch_size", 1)
         n = X.shape[0]
         rr = self.reranker
-        short = k if rr is None else min(self.output_dim, max(k, rr.n_candidates))
+        nb = self.neighbours if use_neighbours else None
+        short = k if rr is None and nb is None else min(self.output_dim, max(k, _nb.SHORTLIST))
         scores = np.empty((n, k), np.float32)
         labels = np.empty((n, k), np.int64)
         for s in range(0, n, batch_size):
@@ -724,7 +756,9 @@ class SparseMLP:
             else:
                 sc, lb = self._lsh_topk(H, short)
             if rr is not None:
-                sc, lb = rr.rerank(Xb, sc, lb, k)
+                sc, lb = rr.rerank(Xb, sc, lb, short if nb is not None else k)
+            if nb is not None:
+                sc, lb = nb.blend(H, sc, lb, k)
             scores[s:s + batch_size], labels[s:s + batch_size] = sc, lb
         return scores, labels
 
@@ -763,10 +797,11 @@ class SparseMLP:
     def nbytes(self):
         """Bytes of weights, Adam moments, LSH tables and stored keys."""
         params = sum(p.nbytes for p in self.layers + self.biases + [self.out_w, self.out_b])
+        stages = sum(st.nbytes for st in (self.reranker, self.neighbours) if st is not None)
         if self.inference_only:  # weights alone: no moments, tables or keys
-            return int(params + (self.reranker.nbytes if self.reranker is not None else 0))
+            return int(params + stages)
         extra = self._sched.nbytes + self._qbuf.nbytes if self.hash == "learned" else 0
-        extra += self.reranker.nbytes if self.reranker is not None else 0
+        extra += stages
         return int(params + self.tables.nbytes + self._keys.nbytes + self._dirty.nbytes + extra)
 
     # -- persistence ---------------------------------------------------------------------
@@ -840,6 +875,10 @@ class SparseMLP:
                 (_stored_weights(rr.V, dtype, "rerank.V"), _stored_weights(rr.U, dtype, "rerank.U"))
             if optimizer:
                 arrays["rerank.GV"], arrays["rerank.GU"] = rr.GV, rr.GU
+        if self.neighbours is not None:
+            store = (lambda a, name: a) if optimizer else (lambda a, name: _stored_weights(a, dtype, name))
+            state["neighbours"], extra = _nb.to_arrays(self.neighbours, store)
+            arrays.update(extra)
         arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
         for name, p in self._named_params():
             if optimizer:
@@ -948,6 +987,7 @@ class SparseMLP:
                 raise _BadModelFile("label_counts: expected non-negative counts")
             model.label_counts_, model.train_rows_ = counts, int(state.get("train_rows", 0))
         model.reranker = _stored_reranker(z, state, model.output_dim, trainable)
+        model.neighbours = _nb.from_arrays(z, state, model.output_dim, model.hidden[-1], _entry, _BadModelFile)
         if trainable:
             model._restore_training(z, state)
         else:  # no tables, keys or learned-hash state: prediction needs none of them

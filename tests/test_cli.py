@@ -13,7 +13,7 @@ import hashlab
 from hashlab import cli
 from hashlab.bench import _common as C
 from hashlab.datasets import make_preset, save_xmc
-from hashlab.slide import SparseMLP
+from hashlab.slide import FORMAT_VERSION, SparseMLP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(hashlab.__file__)))
 P_LINE = re.compile(r"test P@1 (\d\.\d{4})  P@5 (\d\.\d{4})  \(dense inference")
@@ -350,7 +350,7 @@ def test_model_file_of_another_version_or_kind_is_one_line(saved, tmp_path, caps
     other = tmp_path / "other.npz"
     np.savez(other, weights=np.ones(3))
     out = tmp_path / "preds.txt"
-    for model, needle in ((newer, "format 1 to 3, got 99"), (other, "not a hashlab model file"),
+    for model, needle in ((newer, f"format 1 to {FORMAT_VERSION}, got 99"), (other, "not a hashlab model file"),
                           (tmp_path / "missing.npz", "no such model file")):
         argv = [command, str(model), str(saved["test"])] + (["--out", str(out)] if command == "predict" else [])
         assert cli.main(argv) == 1

@@ -8,6 +8,7 @@ import pytest
 
 from hashlab import SparseMLP
 from hashlab.datasets import make_preset
+from hashlab.slide import FORMAT_VERSION
 
 U16 = 2.0 ** -11  # float16 round-to-nearest: relative error of a normal number
 SUB16 = 2.0 ** -25  # ... absolute error of a subnormal one (spacing 2**-24)
@@ -239,7 +240,8 @@ def restate(src, dst, **changes):
 
 
 BAD = {
-    "format 4": (lambda f, d: restate(f["float32"], d, format=4), "format 1 to 3, got 4"),
+    "newer format": (lambda f, d: restate(f["float32"], d, format=FORMAT_VERSION + 1),
+                     f"format 1 to {FORMAT_VERSION}, got {FORMAT_VERSION + 1}"),
     "format missing": (lambda f, d: restate(f["checkpoint"], d, format=None), "format"),
     "unknown kind": (lambda f, d: restate(f["float32"], d, kind="weights"), "kind"),
     "missing weights": (lambda f, d: rewrite(f["float32"], d, drop=("out_w.w",)), "missing array 'out_w.w'"),

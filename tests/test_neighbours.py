@@ -1,0 +1,240 @@
+"""Hidden-space neighbour votes (hashlab.neighbours) against plain-Python references, and in SparseMLP."""
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from hashlab import SparseMLP
+from hashlab.neighbours import WEIGHTS, HiddenNeighbours, _csr_topk
+
+from _tolerance import dot_error_bound
+
+
+def labels_csr(lists, n_labels):
+    indptr = np.cumsum([0] + [len(x) for x in lists])
+    return sp.csr_matrix((np.ones(indptr[-1], np.float32), np.concatenate(lists).astype(np.int64), indptr),
+                         shape=(len(lists), n_labels))
+
+
+def reference_votes(Htr, lists, q, kn, power, n_labels):
+    """Votes of one query in float64 and plain Python: {label: vote}."""
+    unit = Htr / np.linalg.norm(Htr, axis=1, keepdims=True)
+    cos = unit @ (q / np.linalg.norm(q))
+    order = sorted(range(len(cos)), key=lambda j: -cos[j])[:kn]
+    acc = {}
+    for j in order:
+        w = max(cos[j], 0.0) ** power if cos[j] > 0 else 0.0
+        for lab in lists[j]:
+            acc[lab] = acc.get(lab, 0.0) + w
+    tot = sum(acc.values())
+    return {lab: v / tot for lab, v in acc.items()} if tot > 0 else {}
+
+
+def test_neighbours_and_votes_match_a_float64_reference():
+    rng = np.random.default_rng(0)
+    n, d, L = 300, 12, 25
+    Htr = rng.standard_normal((n, d))
+    lists = [rng.choice(L, size=rng.integers(1, 4), replace=False) for _ in range(n)]
+    Hq = rng.standard_normal((9, d))
+    nb = HiddenNeighbours(Htr.astype(np.float32), labels_csr(lists, L), n_neighbours=7, power=2.0)
+    ids, cos = nb.neighbours(Hq.astype(np.float32))
+    unit = Htr / np.linalg.norm(Htr, axis=1, keepdims=True)
+    qs = Hq / np.linalg.norm(Hq, axis=1, keepdims=True)
+    ref = qs @ unit.T
+    # the float32 cosines are within the error of a d-term dot product of unit vectors (plus the
+    # normalisations' roundings) of the float64 ones
+    bound = dot_error_bound(np.abs(qs), np.abs(unit.T), n=d + 4)
+    np.testing.assert_array_less(np.abs(cos - np.take_along_axis(ref, ids, 1)), np.take_along_axis(bound, ids, 1))
+    for i in range(9):
+        want = np.argsort(-ref[i], kind="stable")[:7]
+        gap_ok = np.min(np.abs(np.diff(np.sort(ref[i])[::-1][:8]))) > 2 * bound[i].max()
+        if gap_ok:  # no near-ties among the first 8: the order is the reference's
+            assert ids[i].tolist() == want.tolist()
+    V = nb.votes(Hq.astype(np.float32)).toarray()
+    for i in range(9):
+        want = reference_votes(Htr, lists, Hq[i], 7, 2.0, L)
+        got = {int(j): float(V[i, j]) for j in np.flatnonzero(V[i])}
+        assert set(got) == set(want)
+        for lab, v in want.items():
+            assert got[lab] == pytest.approx(v, rel=1e-4, abs=1e-6)
+        assert sum(got.values()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_votes_of_a_query_with_no_positive_cosine_are_empty():
+    Htr = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    nb = HiddenNeighbours(Htr, labels_csr([[0], [1]], 3), n_neighbours=5)
+    assert nb.votes(np.array([[-1.0, -1.0]], np.float32)).nnz == 0
+    ids, _ = nb.neighbours(np.array([[1.0, 0.1]], np.float32))
+    assert ids.tolist() == [[0, 1]]  # n_neighbours above n_train: all rows, closest first
+
+
+def test_blend_adds_weighted_votes_to_the_shortlist_softmax():
+    rng = np.random.default_rng(1)
+    n, d, L = 50, 6, 12
+    Htr = rng.standard_normal((n, d)).astype(np.float32)
+    lists = [rng.choice(L, size=2, replace=False) for _ in range(n)]
+    nb = HiddenNeighbours(Htr, labels_csr(lists, L), n_neighbours=5, power=1.0, weight=0.7)
+    Hq = rng.standard_normal((4, d)).astype(np.float32)
+    labels = np.array([rng.choice(L, size=4, replace=False) for _ in range(4)])
+    scores = rng.standard_normal((4, 4)).astype(np.float32)
+    sc, lb = nb.blend(Hq, scores, labels, 6)
+    V = nb.votes(Hq).toarray().astype(np.float64)
+    for i in range(4):
+        z = {}
+        e = [math.exp(float(s) - float(scores[i].max())) for s in scores[i]]
+        for lab, v in zip(labels[i], e):
+            z[int(lab)] = v / sum(e)
+        for lab in np.flatnonzero(V[i]):
+            z[int(lab)] = z.get(int(lab), 0.0) + 0.7 * V[i, lab]
+        for lab in range(L):  # missing labels score 0: the lowest ids fill the tail
+            z.setdefault(lab, 0.0)
+        want = sorted(z, key=lambda lab: (-z[lab], lab))[:6]
+        assert lb[i].tolist() == want
+        np.testing.assert_allclose(sc[i], [z[lab] for lab in want], rtol=1e-5, atol=1e-7)
+
+
+def test_csr_topk_pads_short_rows_with_the_lowest_unused_ids():
+    Z = sp.csr_matrix(np.array([[0.0, 0.0, 0.5, 0.0, 0.2], [0.1, 0.1, 0.1, 0.0, 0.3]], np.float32))
+    vals, cols = _csr_topk(Z, 3)
+    assert cols.tolist() == [[2, 4, 0], [4, 0, 1]]
+    np.testing.assert_array_equal(vals, np.array([[0.5, 0.2, 0.0], [0.3, 0.1, 0.1]], np.float32))
+
+
+def memorised_xmc(seed=0, n=600, d=60, L=40):
+    """Rows of 12 "prototypes" (a sparse pattern plus noise), each with its own label set
+    of 3 labels: the label sets go together, the per-label signal is weak."""
+    rng = np.random.default_rng(seed)
+    protos = [rng.choice(d, size=6, replace=False) for _ in range(12)]
+    sets = [rng.choice(L, size=3, replace=False) for _ in range(12)]
+    rows, cols, vals, lists = [], [], [], []
+    for i in range(n):
+        p = int(rng.integers(12))
+        f = np.unique(np.concatenate([rng.choice(protos[p], size=4, replace=False), rng.integers(0, d, 3)]))
+        rows += [i] * f.size
+        cols += f.tolist()
+        vals += (rng.random(f.size) + 0.5).tolist()
+        lists.append(sets[p])
+    X = sp.csr_matrix((np.array(vals, np.float32), (rows, cols)), shape=(n, d))
+    Y = labels_csr(lists, L)
+    return X[:400], Y[:400], X[400:500], Y[400:500], X[500:], Y[500:]
+
+
+def test_sparse_mlp_predicts_the_blend_and_round_trips(tmp_path):
+    Xtr, Ytr, Xva, Yva, Xte, Yte = memorised_xmc(seed=3)
+    m = SparseMLP(60, 40, hidden=(16,), seed=0)
+    m.fit(Xtr, Ytr, epochs=1, batch_size=64, verbose=False, validation=(Xva, Yva))
+    r = m.neighbours_report_
+    by = r["val_P@1_by_weight"]
+    assert r["val_rows"] == 100 and set(by) == set(WEIGHTS)
+    # kept exactly when some weight raises validation P@1, with the best one (the smallest of ties)
+    best = max(WEIGHTS, key=lambda w: (by[w], -w))
+    assert r["kept"] == (by[best] > r["val_P@1_without"])
+    if r["kept"]:
+        assert m.neighbours.weight == best
+    else:  # the re-ranked MLP is good enough here: the prediction path is checked with a set weight
+        assert m.neighbours is None
+        m.neighbours = HiddenNeighbours(m.hidden_activations(Xtr), Ytr, weight=2.0)
+    nb = m.neighbours
+    assert m.reranker is not None and nb.H.shape == (400, 16)
+    # reference: the prediction without the votes (MLP + re-ranker) blended by hand
+    nb_saved, m.neighbours = m.neighbours, None
+    sc0, lb0 = m.predict_topk(Xte, 32)
+    m.neighbours = nb_saved
+    want = nb.blend(m.hidden_activations(Xte), sc0, lb0, 5)
+    got = m.predict_topk(Xte, 5)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    for name, kw in (("ck.npz", {}), ("e32.npz", dict(optimizer=False))):
+        m.save(tmp_path / name, **kw)
+        back = SparseMLP.load(tmp_path / name)
+        np.testing.assert_array_equal(back.predict_topk(Xte, 5)[1], got[1])
+        assert back.neighbours.weight == nb.weight
+    m.save(tmp_path / "e16.npz", optimizer=False, dtype="float16")
+    r16 = SparseMLP.load(tmp_path / "e16.npz")
+    assert r16.neighbours.H.dtype == np.float32
+    assert abs(r16.evaluate(Xte, Yte, ks=(1,))["P@1"] - m.evaluate(Xte, Yte, ks=(1,))["P@1"]) <= 0.05
+
+
+def test_votes_help_where_label_sets_go_together():
+    Xtr, Ytr, Xva, Yva, Xte, Yte = memorised_xmc(seed=3)
+    kw = dict(epochs=1, batch_size=64, verbose=False, validation=(Xva, Yva), rerank=False)
+    a = SparseMLP(60, 40, hidden=(16,), seed=0).fit(Xtr, Ytr, neighbours=False, **kw)
+    b = SparseMLP(60, 40, hidden=(16,), seed=0).fit(Xtr, Ytr, **kw)
+    assert a.neighbours is None and b.neighbours is not None
+    np.testing.assert_array_equal(a.out_w.w, b.out_w.w)  # the same MLP: the stage comes after it
+    assert b.evaluate(Xte, Yte, ks=(1,))["P@1"] > a.evaluate(Xte, Yte, ks=(1,))["P@1"]
+    b.fit(Xtr, Ytr, neighbours=False, **kw)
+    assert b.neighbours is None
+
+
+def test_no_stage_without_validation_rows_or_time():
+    Xtr, Ytr, _, _, _, _ = memorised_xmc()
+    m = SparseMLP(60, 40, hidden=(8,), seed=0).fit(Xtr, Ytr, epochs=1, verbose=False)
+    assert m.neighbours is None and not m.neighbours_report_["kept"]
+
+
+def test_bad_arguments_and_damaged_files(tmp_path):
+    Xtr, Ytr, Xva, Yva, _, _ = memorised_xmc()
+    with pytest.raises(TypeError, match="neighbours"):
+        SparseMLP(60, 40, hidden=(8,)).fit(Xtr, Ytr, epochs=1, verbose=False, neighbours="yes")
+    H = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="Y: expected 3 rows"):
+        HiddenNeighbours(H, labels_csr([[0], [1]], 3))
+    with pytest.raises(ValueError, match="power"):
+        HiddenNeighbours(H, labels_csr([[0], [1], [2]], 3), power=-1)
+    with pytest.raises(ValueError, match="weight"):
+        HiddenNeighbours(H, labels_csr([[0], [1], [2]], 3), weight=float("nan"))
+    nb = HiddenNeighbours(H, labels_csr([[0], [1], [2]], 3))
+    with pytest.raises(ValueError, match="Hq"):
+        nb.neighbours(np.ones((2, 5), np.float32))
+    m = SparseMLP(60, 40, hidden=(8,), seed=0)
+    m.fit(Xtr, Ytr, epochs=1, verbose=False, validation=(Xva, Yva), rerank=False)
+    if m.neighbours is None:
+        m.neighbours = HiddenNeighbours(m.hidden_activations(Xtr), Ytr)
+    path = tmp_path / "m.npz"
+    m.save(path, optimizer=False)
+    z = dict(np.load(path))
+    z["neighbours.Y.indices"] = z["neighbours.Y.indices"].copy()
+    z["neighbours.Y.indices"][0] = 40
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **z)
+    with pytest.raises(ValueError, match="bad.npz.*label ids in"):
+        SparseMLP.load(bad)
+    z = dict(np.load(path))
+    z["neighbours.H"] = z["neighbours.H"][:, :5]
+    np.savez(bad, **z)
+    with pytest.raises(ValueError, match="neighbours.H"):
+        SparseMLP.load(bad)
+
+
+def test_hamming_preselection_keeps_the_closest_of_the_nearest_codes(monkeypatch):
+    import hashlab.neighbours as N
+    rng = np.random.default_rng(4)
+    n, d, L = 500, 16, 10
+    Htr = rng.standard_normal((n, d)).astype(np.float32)
+    lists = [rng.choice(L, size=1) for _ in range(n)]
+    Hq = rng.standard_normal((70, d)).astype(np.float32)  # above _SCAN_BLOCK: the kernel path too
+    nb = HiddenNeighbours(Htr, labels_csr(lists, L), n_neighbours=5)
+    exact_ids, exact_cos = nb.neighbours(Hq)
+    monkeypatch.setattr(N, "EXACT_UP_TO", 100)
+    monkeypatch.setattr(N, "SCAN_FACTOR", 4)
+    for rows in (Hq, Hq[:3]):  # the batch kernel and the few-rows path
+        ids, cos = nb.neighbours(rows)
+        # reference pre-selection: Hamming distances of the sign codes in numpy
+        unit = Htr / np.linalg.norm(Htr, axis=1, keepdims=True)
+        q = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        bits_tr, bits_q = (unit @ nb.projection) > 0, (q @ nb.projection) > 0
+        dist = (bits_q[:, None, :] != bits_tr[None, :, :]).sum(2)
+        for i in range(rows.shape[0]):
+            cut = np.sort(dist[i])[19]  # the 20th smallest distance: 4 x 5 rows pre-selected
+            assert np.all(dist[i, ids[i]] <= cut)
+            # among rows within the cut-off, the returned ones have the largest cosines (up to ties at it)
+            cos_ref = unit[ids[i]] @ q[i]
+            np.testing.assert_allclose(cos[i], cos_ref, rtol=0, atol=1e-5)
+            inside = np.flatnonzero(dist[i] < cut)
+            better = (unit[inside] @ q[i]) > cos[i].min() + 1e-5
+            assert set(inside[better]) <= set(ids[i])
+    monkeypatch.setattr(N, "SCAN_FACTOR", 1000)  # pre-selects every row: the exact answer
+    ids, cos = nb.neighbours(Hq)
+    np.testing.assert_array_equal(ids, exact_ids)
