@@ -3,9 +3,9 @@ training in torch autograd, float64 and float32 in several orders, and a derived
 the float32 error of the logits.
 
 Training: a few Adam steps divide by sqrt(v), which no error analysis bounds usefully, so
-the trained weights are checked by method (a) of tests/_tolerance.py: ``TorchMLP(model,
-torch.float64)`` is the reference and ``TorchMLP(model, torch.float32, order)`` for
-``ORDERS32`` the independent float32 computations. Order 0 is the network as given; the
+the trained weights are checked by method (a) of tests/_tolerance.py: ``TorchMLP(model)``
+(float64) is the reference and ``TorchMLP(model, "float32", order)`` for ``ORDERS32`` the
+independent float32 computations (torch is imported by them only). Order 0 is the network as given; the
 others permute the batch rows, the input features, the units of every hidden layer and
 the labels, which changes the order of every sum (matrix products, gradients over the
 batch, the softmax's log-sum-exp) and leaves the function unchanged.
@@ -13,7 +13,6 @@ batch, the softmax's log-sum-exp) and leaves the function unchanged.
 Inference: ``logits_bound`` is method (b), a forward error analysis of relu layers.
 """
 import numpy as np
-import torch
 
 from _tolerance import gamma
 
@@ -24,17 +23,19 @@ class TorchMLP:
     """The network of a SparseMLP (every label active) in torch autograd, with Adam whose
     input-layer rows move only when their feature is in the batch (SparseMLP's lazy rows)."""
 
-    def __init__(self, model, dtype=torch.float64, order=0):
+    def __init__(self, model, dtype="float64", order=0):
+        import torch
+        self.torch = torch
         rng = np.random.default_rng(1000 + order)
         widths = [model.input_dim, *model.hidden, model.output_dim]
         self.perm = [np.arange(n) if order == 0 else rng.permutation(n) for n in widths]
-        self.order, self.rng, self.dtype = order, rng, dtype
+        self.order, self.rng, self.dtype = order, rng, getattr(torch, dtype)
         self.act = torch.relu if model.activation == "relu" else torch.tanh
         self.lr = model.lr
         p = self.perm
 
         def t(a):
-            return torch.tensor(np.array(a, dtype=np.float64), dtype=dtype, requires_grad=True)
+            return torch.tensor(np.array(a, dtype=np.float64), dtype=self.dtype, requires_grad=True)
         self.W = [t(L.w[p[i]][:, p[i + 1]]) for i, L in enumerate(model.layers)]
         self.b = [t(B.w[p[i + 1]]) for i, B in enumerate(model.biases)]
         self.Wo, self.bo = t(model.out_w.w[p[-1]][:, p[-2]]), t(model.out_b.w[p[-1]])
@@ -46,6 +47,7 @@ class TorchMLP:
     def step(self, X, labels):
         """One Adam step on CSR rows X with label lists ``labels``; returns the loss, the sum
         over the rows of logsumexp(z) - mean(z[labels])."""
+        torch = self.torch
         rows = np.arange(X.shape[0]) if self.order == 0 else self.rng.permutation(X.shape[0])
         inv_out = np.argsort(self.perm[-1])
         Xd = torch.tensor(X.toarray()[rows][:, self.perm[0]], dtype=self.dtype)

@@ -23,13 +23,12 @@ from hashlab.distributed import ShardedRetriever, ShardedSparseMLP, label_range,
 from hashlab.retrieval import dense_topk
 from hashlab.slide import SparseMLP, _as_labels
 
+from _mlp_reference import ORDERS32, TorchMLP, logits_bound
 from _tolerance import U, assert_close_to_f64, assert_within, float32_error, gamma
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as tmp  # noqa: E402
-
-from _mlp_reference import ORDERS32, TorchMLP, logits_bound  # noqa: E402
 
 DEADLINE = 60.0  # seconds per launch; the process group's own timeout is shorter
 
@@ -164,7 +163,7 @@ def assert_trains_like_torch(model, X, Y, batches, losses, state, rows=slice(Non
     ``model``'s initial weights, against torch float64 within the float32 error of torch in
     ORDERS32 (method (a) of tests/_tolerance.py, c = 3)."""
     ref = TorchMLP(model)
-    refs32 = [TorchMLP(model, torch.float32, o) for o in ORDERS32]
+    refs32 = [TorchMLP(model, "float32", o) for o in ORDERS32]
     labels = _label_lists(Y)
     for s, idx in enumerate(batches):
         Yb = [labels[i] for i in idx]

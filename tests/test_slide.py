@@ -12,10 +12,10 @@ import scipy.sparse as sp
 import hashlab
 from hashlab.slide import SparseMLP
 
+from _mlp_reference import ORDERS32, TorchMLP, logits_bound
 from _tolerance import assert_close_to_f64, assert_within
 
 torch = pytest.importorskip("torch")
-from _mlp_reference import ORDERS32, TorchMLP, logits_bound  # noqa: E402
 
 
 def tiny_data(rng, n=24, D=20, L=12):
@@ -33,7 +33,7 @@ def test_full_softmax_training_equals_dense_torch(hidden):
     X, labels = tiny_data(rng)
     model = SparseMLP(20, 12, hidden=hidden, target_active=12, lr=0.01, seed=3)
     ref = TorchMLP(model)
-    refs32 = [TorchMLP(model, torch.float32, o) for o in ORDERS32]
+    refs32 = [TorchMLP(model, "float32", o) for o in ORDERS32]
     for step in range(6):
         rows = np.arange(8 * (step % 3), 8 * (step % 3) + 8)
         Yb = [labels[i] for i in rows]
