@@ -24,6 +24,9 @@ def test_every_supported_level_times_every_family(result):
         assert set(times) == want and all(t > 0 for t in times.values()), family
     # each worker ran at the level it was given (HASHLAB_SIMD in its own process)
     assert all(len(runs) == 1 for runs in data["runs"].values())
+    # attention also interleaved in one process, at every level it has
+    assert set(data["interleaved"]) == {f for f in data["best"] if f.startswith("attention") and "interleaved" not in f}
+    assert all(set(t) == set(levels) for t in data["interleaved"].values())
     md = (out / "isa.md").read_text()
     assert "| Kernel family |" in md and "attention (dense_attention)" in md and "bf16 keys" in md
 

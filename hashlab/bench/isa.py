@@ -17,7 +17,10 @@ worker times each family best of ``repeat`` after a warm-up:
 - vector_ops: SparseMLP training batches (hidden 128, 20,000 labels).
 
 avx512bf16 is AVX-512 plus the bfloat16 dot product (vdpbf16ps), which only attention uses: its
-worker runs the attention rows only. The table gives each family's best time per level (the minimum over rounds), the fastest level
+worker runs the attention rows only. Attention's level is read at every call, so its rows are also
+timed interleaved in one process, the levels taking turns call by call (``interleaved`` rows:
+median per level): a load change on a shared machine then hits every level alike, where the
+separate processes may each catch another load. The table gives each family's best time per level (the minimum over rounds), the fastest level
 and the level this build picks by default (``hashlab.simd_levels()``; the figures behind those
 defaults are in src_cpp/dispatch.cpp). Someone with other hardware runs ``hashlab bench isa``
 and reports isa.md. ``run(quick, threads, out)`` writes <out>/isa.json and <out>/isa.md.
@@ -59,18 +62,12 @@ def _families(cfg):
     sparse = hashlab.SimHash(20_000, 10, 150, kind="sparse", seed=0)
     Xs = sp.random(n // 4, 20_000, density=75 / 20_000, format="csr", dtype=np.float32, random_state=rng)
     bits = hashlab.SimHash(128, 32, 32, kind="hadamard", seed=1).bits(X)
-    from hashlab.attention import _bf16_to_f32, _f32_to_bf16
-    Q = rng.standard_normal((32, 128)).astype(np.float32)
-    K = rng.standard_normal((8, cfg["ctx"], 128)).astype(np.float32)
-    V = rng.standard_normal((8, cfg["ctx"], 128)).astype(np.float32)
-    Kb, Vb, Qb = _f32_to_bf16(K), _f32_to_bf16(V), _bf16_to_f32(_f32_to_bf16(Q))
-    lsh = hashlab.LSHKVIndex(128, 8, dtype="bfloat16", seed=0)
-    lsh.append(Kb, Vb)
     from hashlab.synthetic import make_xmc
     Xtr, Ytr, _, _ = make_xmc(2_048, 10, 20_000, 20_000, seed=0)
     mlp = hashlab.SparseMLP(20_000, 20_000, hidden=(128,), seed=0)
     W = np.ascontiguousarray(g.W)
     g.hash(X[:128])  # registers scipy's sgemm for the BLAS path
+    attention = _attention_families(cfg, rng)
 
     def train():
         for s in range(0, 2_048, 256):
@@ -82,12 +79,56 @@ def _families(cfg):
         "simhash_csr (keys)": lambda: sparse.hash(Xs),
         "hadamard (keys)": lambda: hd.hash(X),
         "hamming (256 x n, 1024 bits)": lambda: hashlab.hamming(bits[:256], bits),
+        **attention,
+        "vector_ops (8 SparseMLP batches)": train,
+    }
+
+
+def _attention_families(cfg, rng):
+    """{attention family: fn()}: 32 query heads over 8 KV heads of ctx keys, d=128."""
+    import hashlab
+    from hashlab.attention import _bf16_to_f32, _f32_to_bf16
+    Q = rng.standard_normal((32, 128)).astype(np.float32)
+    K = rng.standard_normal((8, cfg["ctx"], 128)).astype(np.float32)
+    V = rng.standard_normal((8, cfg["ctx"], 128)).astype(np.float32)
+    Kb, Vb, Qb = _f32_to_bf16(K), _f32_to_bf16(V), _bf16_to_f32(_f32_to_bf16(Q))
+    lsh = hashlab.LSHKVIndex(128, 8, dtype="bfloat16", seed=0)
+    lsh.append(Kb, Vb)
+    return {
         "attention (dense_attention)": lambda: hashlab.dense_attention(Q, K, V),
         "attention (dense_attention, bf16 keys, float32 queries)": lambda: hashlab.dense_attention(Q, Kb, Vb),
         "attention (dense_attention, bf16 keys, bf16 queries)": lambda: hashlab.dense_attention(Qb, Kb, Vb),
         "attention (LSH decode step, bf16 keys)": lambda: lsh.attend(Q),
-        "vector_ops (8 SparseMLP batches)": train,
     }
+
+
+def _interleaved_attention(cfg, levels, threads):
+    """{attention family: {level: median s}}, in this process, the levels taking turns call by
+    call (rotating which goes first) over rounds * repeat calls each, after a warm-up call."""
+    import time as _time
+
+    import hashlab
+    from hashlab import _C
+    fams = _attention_families(cfg, np.random.default_rng(0))
+    calls = cfg["rounds"] * cfg["repeat"]
+    times = {f: {lv: [] for lv in levels} for f in fams}
+    before, threads_before = _C.simd_level() if _C.simd_forced() else "auto", hashlab.get_num_threads()
+    hashlab.set_num_threads(threads)
+    try:
+        for f, fn in fams.items():
+            for lv in levels:
+                _C.set_simd_level(lv)
+                fn()
+            for c in range(calls):
+                for lv in levels[c % len(levels):] + levels[:c % len(levels)]:
+                    _C.set_simd_level(lv)
+                    t0 = _time.perf_counter()
+                    fn()
+                    times[f][lv].append(_time.perf_counter() - t0)
+    finally:
+        _C.set_simd_level(before)
+        hashlab.set_num_threads(threads_before)
+    return {f: {lv: float(np.median(t)) for lv, t in per.items()} for f, per in times.items()}
 
 
 def _worker(mode, out):
@@ -134,17 +175,22 @@ def run(quick: bool, threads: int | None, out: pathlib.Path, tiny: bool = False)
                 runs[lv].append(_spawn(lv, mode, T, tmp)["times"])
     families = list(runs[levels[0]][0])
     best = {f: {lv: min(x[f] for x in runs[lv]) for lv in levels if f in runs[lv][0]} for f in families}
-    for f in families:
+    C.progress("attention, the levels interleaved in one process")
+    interleaved = _interleaved_attention(cfg, levels, T)
+    best.update({f"{f} interleaved": t for f, t in interleaved.items()})
+    for f in best:
         fastest = min(best[f], key=best[f].get)
         default = defaults.get(f.split(" ")[0], "forced" if not defaults else "-")
         times = ", ".join(f"{lv} {C.fmt_time(t)}" for lv, t in best[f].items())
         ratio = best[f][default] / best[f][fastest] if default in best[f] else None
         rep.row(f, times, f"fastest: {fastest}; default: {default}", ratio)
-    results.update(levels=levels, defaults=defaults, runs=runs, best=best)
+    results.update(levels=levels, defaults=defaults, runs=runs, best=best, interleaved=interleaved)
     intro = (f"Machine: {C.machine_line(results['machine'])}. Mode: {mode}; each level in its own process, "
              f"{cfg['rounds']} alternating rounds, best of {cfg['repeat']} per round; the table's times are the "
-             "best over rounds; ratio = default level's time / fastest level's time (1.00x: the default is the "
-             "fastest). Defaults and their figures: src_cpp/dispatch.cpp.")
+             "best over rounds, except the interleaved rows: attention in one process, the levels taking turns "
+             f"call by call, median of {cfg['rounds'] * cfg['repeat']} calls per level; ratio = default level's "
+             "time / fastest level's time (1.00x: the default is the fastest). Defaults and their figures: "
+             "src_cpp/dispatch.cpp.")
     md = C.render_report(results, rep, {}, intro, ["Kernel family", "Best time per level", "Levels", "Ratio",
                                                    "Target"])
     return C.finish(results, rep, md, out)
