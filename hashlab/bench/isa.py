@@ -19,9 +19,10 @@ worker times each family best of ``repeat`` after a warm-up:
 avx512bf16 is AVX-512 plus the bfloat16 dot product (vdpbf16ps), which only attention uses: its
 worker runs the attention rows only. Attention's level is read at every call, so its rows are also
 timed interleaved in one process, the levels taking turns call by call (``interleaved`` rows:
-median per level): a load change on a shared machine then hits every level alike, where the
-separate processes may each catch another load. The table gives each family's best time per level (the minimum over rounds), the fastest level
-and the level this build picks by default (``hashlab.simd_levels()``; the figures behind those
+median and best per level): a load change on a shared machine then hits every level alike,
+where the separate processes may each catch another load. The table gives each family's best
+time per level (the minimum over rounds), the fastest level and the level this build picks by
+default (``hashlab.simd_levels()``; the figures behind those
 defaults are in src_cpp/dispatch.cpp). Someone with other hardware runs ``hashlab bench isa``
 and reports isa.md. ``run(quick, threads, out)`` writes <out>/isa.json and <out>/isa.md.
 """
@@ -103,14 +104,14 @@ def _attention_families(cfg, rng):
 
 
 def _interleaved_attention(cfg, levels, threads):
-    """{attention family: {level: median s}}, in this process, the levels taking turns call by
-    call (rotating which goes first) over rounds * repeat calls each, after a warm-up call."""
+    """{attention family: {level: (median s, best s)}}, in this process, the levels taking turns
+    call by call (rotating which goes first) over 4 * rounds * repeat calls each, after a warm-up."""
     import time as _time
 
     import hashlab
     from hashlab import _C
     fams = _attention_families(cfg, np.random.default_rng(0))
-    calls = cfg["rounds"] * cfg["repeat"]
+    calls = 4 * cfg["rounds"] * cfg["repeat"]
     times = {f: {lv: [] for lv in levels} for f in fams}
     before, threads_before = _C.simd_level() if _C.simd_forced() else "auto", hashlab.get_num_threads()
     hashlab.set_num_threads(threads)
@@ -128,7 +129,7 @@ def _interleaved_attention(cfg, levels, threads):
     finally:
         _C.set_simd_level(before)
         hashlab.set_num_threads(threads_before)
-    return {f: {lv: float(np.median(t)) for lv, t in per.items()} for f, per in times.items()}
+    return {f: {lv: (float(np.median(t)), min(t)) for lv, t in per.items()} for f, per in times.items()}
 
 
 def _worker(mode, out):
@@ -177,18 +178,23 @@ def run(quick: bool, threads: int | None, out: pathlib.Path, tiny: bool = False)
     best = {f: {lv: min(x[f] for x in runs[lv]) for lv in levels if f in runs[lv][0]} for f in families}
     C.progress("attention, the levels interleaved in one process")
     interleaved = _interleaved_attention(cfg, levels, T)
-    best.update({f"{f} interleaved": t for f, t in interleaved.items()})
+    best.update({f"{f} interleaved": {lv: t[0] for lv, t in per.items()} for f, per in interleaved.items()})
     for f in best:
         fastest = min(best[f], key=best[f].get)
         default = defaults.get(f.split(" ")[0], "forced" if not defaults else "-")
-        times = ", ".join(f"{lv} {C.fmt_time(t)}" for lv, t in best[f].items())
+        if f.endswith(" interleaved"):  # median (best)
+            per = interleaved[f[:-len(" interleaved")]]
+            times = ", ".join(f"{lv} {C.fmt_time(m)} ({C.fmt_time(b)})" for lv, (m, b) in per.items())
+        else:
+            times = ", ".join(f"{lv} {C.fmt_time(t)}" for lv, t in best[f].items())
         ratio = best[f][default] / best[f][fastest] if default in best[f] else None
         rep.row(f, times, f"fastest: {fastest}; default: {default}", ratio)
     results.update(levels=levels, defaults=defaults, runs=runs, best=best, interleaved=interleaved)
     intro = (f"Machine: {C.machine_line(results['machine'])}. Mode: {mode}; each level in its own process, "
              f"{cfg['rounds']} alternating rounds, best of {cfg['repeat']} per round; the table's times are the "
              "best over rounds, except the interleaved rows: attention in one process, the levels taking turns "
-             f"call by call, median of {cfg['rounds'] * cfg['repeat']} calls per level; ratio = default level's "
+             f"call by call, median (best) of {4 * cfg['rounds'] * cfg['repeat']} calls per level, the ratio of "
+             "medians; ratio = default level's "
              "time / fastest level's time (1.00x: the default is the fastest). Defaults and their figures: "
              "src_cpp/dispatch.cpp.")
     md = C.render_report(results, rep, {}, intro, ["Kernel family", "Best time per level", "Levels", "Ratio",
