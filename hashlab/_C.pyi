@@ -20,11 +20,11 @@ _U64: TypeAlias = NDArray[np.uint64]
 # ---- module (src_cpp/bindings/module.cpp) --------------------------------------------------
 
 def simd_level() -> str:
-    """SIMD level in use: 'avx512', 'avx2' or 'scalar'."""
+    """SIMD level in use: 'avx512bf16', 'avx512', 'avx2' or 'scalar'."""
 def simd_supported(level: str, /) -> bool:
-    """Whether this CPU runs ``level`` ('avx512', 'avx2', 'scalar'); ValueError for another name."""
+    """Whether this CPU (and build) runs ``level`` ('avx512bf16', 'avx512', 'avx2', 'scalar'); ValueError for another name."""
 def set_simd_level(level: str, /) -> None:
-    """Forces a SIMD level on every kernel family (tests), 'auto' for the defaults; ValueError if unknown or unsupported."""
+    """Forces a SIMD level on every kernel family (tests; 'avx512bf16': attention, the others avx512), 'auto' for the defaults; ValueError if unknown or unsupported."""
 def simd_forced() -> bool:
     """Whether a level is forced (HASHLAB_SIMD or set_simd_level)."""
 def simd_levels() -> dict[str, str]:

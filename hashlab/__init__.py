@@ -78,17 +78,19 @@ def __dir__():
 
 
 def simd_level() -> str:
-    """The highest instruction set the kernels may use: 'avx512', 'avx2' or 'scalar'.
+    """The highest instruction set the kernels may use: 'avx512bf16', 'avx512', 'avx2' or 'scalar'.
 
-    Chosen at import from the CPU (cpuid/xgetbv); HASHLAB_SIMD=avx512|avx2|scalar
+    Chosen at import from the CPU (cpuid/xgetbv); HASHLAB_SIMD=avx512bf16|avx512|avx2|scalar
     forces a level for every kernel family, and an unavailable one is an error.
-    Each family's own level is in simd_levels().
+    avx512bf16 is AVX-512 with the bfloat16 dot product (vdpbf16ps), which only the
+    attention kernels use (for bfloat16 keys); the other families run their avx512 kernels
+    at that level. Each family's own level is in simd_levels().
     """
     return _C.simd_level()
 
 
 def simd_levels() -> dict:
-    """The instruction set of each kernel family: {family: 'avx512' | 'avx2' | 'scalar'}.
+    """The instruction set of each kernel family: {family: 'avx512bf16' | 'avx512' | 'avx2' | 'scalar'}.
 
     Families: simhash_dense (gaussian/sparse SimHash of dense rows), simhash_csr,
     hadamard, hamming, vector_ops (SparseMLP's layers), attention. Each defaults to the

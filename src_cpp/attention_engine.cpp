@@ -69,6 +69,7 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
   const int Gs = sg.Gs;
   const int64_t g = sg.g;
   const float* Qs = Q + sg.h0 * d;
+  const QueryDots qd(K, Qs, Gs, d, bf16);
   const auto& vo = vector_ops();
   std::vector<float> M(Gs, -INFINITY), S(Gs, 0.0f), acc((size_t)Gs * d, 0.0f);
   // merges a block's logits (z[i], i < n_j) of head j into the running state; z becomes weights
@@ -96,7 +97,7 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
     int64_t i = 0;
     for (auto& r : ranges)
       for (int64_t t = r.first; t < r.second; ++t, ++i) {
-        K.dots_row(Qs, d, Gs, Kr.row(g, t), bf16, d, tmp.data());
+        qd.dots(Gs, Kr.row(g, t), tmp.data());
         for (int j = 0; j < Gs; ++j) zd[j * nd + i] = tmp[j] * scale;
       }
     for (int j = 0; j < Gs; ++j) absorb(j, zd.data() + j * nd, nd);
@@ -141,11 +142,10 @@ void attend_part(const AttnKernels& K, const Rows& Kr, const Rows& Vr, bool bf16
         for (uint32_t m = mk[u]; m; m &= m - 1) {
           const int j = __builtin_ctz(m);
           if (kmean) {
-            zdot[cur[j]] = m == mk[u] ? K.dot_norm_row(Qs + j * d, row, kmean, bf16, d, &kn)
-                                      : K.dot_row(Qs + j * d, row, bf16, d);
+            zdot[cur[j]] = m == mk[u] ? K.dot_norm_row(Qs + j * d, row, kmean, bf16, d, &kn) : qd.dot(j, row);
             nrm[cur[j]] = kn;
           } else {
-            zdot[cur[j]] = K.dot_row(Qs + j * d, row, bf16, d);
+            zdot[cur[j]] = qd.dot(j, row);
           }
           ++cur[j];
         }

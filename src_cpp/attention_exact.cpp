@@ -73,8 +73,9 @@ void topk_attention(const float* Q, int64_t n_heads, const void* Kp, const void*
     for (int64_t ti = t0; ti < t1; ++ti) {
       const SubGroup& sg = sgs[ti / nblk];
       const int64_t a = (ti % nblk) * B, b = std::min(n, a + B);
+      const QueryDots qd(K, Q + sg.h0 * d, sg.Gs, d, bf16);
       for (int64_t i = a; i < b; ++i) {
-        K.dots_row(Q + sg.h0 * d, d, sg.Gs, Kr.row(sg.g, i), bf16, d, tmp.data());
+        qd.dots(sg.Gs, Kr.row(sg.g, i), tmp.data());
         for (int j = 0; j < sg.Gs; ++j) z[(sg.h0 + j) * n + i] = tmp[j];
       }
     }

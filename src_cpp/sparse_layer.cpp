@@ -26,9 +26,10 @@ AdamCoefs coefs(const AdamConfig& a) {
   check(a.lr > 0 && std::isfinite(a.lr), "lr: expected a finite lr > 0");
   check(a.beta1 >= 0 && a.beta1 < 1 && a.beta2 >= 0 && a.beta2 < 1, "betas: expected values in [0, 1)");
   check(a.eps > 0, "eps: expected eps > 0");
-  const double bc1 = 1 - std::pow((double)a.beta1, (double)a.step);
-  const double bc2 = 1 - std::pow((double)a.beta2, (double)a.step);
-  return AdamCoefs{a.beta1, a.beta2, a.eps, (float)(a.lr / bc1), (float)(1 / std::sqrt(bc2))};
+  const double bc1 = 1 - std::pow(a.beta1, (double)a.step);
+  const double bc2 = 1 - std::pow(a.beta2, (double)a.step);
+  return AdamCoefs{(float)a.beta1, (float)a.beta2, (float)(1 - a.beta1), (float)(1 - a.beta2), a.eps,
+                   (float)(a.lr / bc1), (float)(1 / std::sqrt(bc2))};
 }
 
 void check_param(const DenseParam& P, const char* name) {

@@ -71,6 +71,14 @@ def dot_error_bound(a_abs, b_abs, n=None):
     return gamma(a_abs.shape[-1] if n is None else n) * (a_abs @ b_abs)
 
 
+def unit_norm_bound(n):
+    """Bound on |norm - 1| of an n-vector normalised in float64 and rounded to float32 once
+    per coordinate, its norm taken in float64: each coordinate's rounding moves the norm by
+    at most U relative; the float64 norm, scale and the check's own norm add gamma_{2n+5}
+    in double precision."""
+    return U + gamma(2 * np.asarray(n) + 5, u=2.0 ** -53)
+
+
 def _log(what, ratio):
     path = os.environ.get("HASHLAB_TOLERANCE_LOG")
     if path:

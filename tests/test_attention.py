@@ -22,8 +22,9 @@ from hashlab import _C
 from hashlab.attention import (LSHKVIndex, _bf16_to_f32, _f32_to_bf16, dense_attention, sampling_probability,
                                table_bits, topk_attention)
 
-from _tolerance import assert_close_to_f64, dot_error_bound
-from conftest import SIMD_PARAMS
+from _sampling_bounds import p_bound, u_bound
+from _tolerance import U, assert_close_to_f64, assert_within, dot_error_bound, gamma
+from conftest import ATTENTION_LEVELS, ATTENTION_PARAMS, BF16_LEVEL
 
 
 # ---------------------------------------------------------------------------
@@ -94,17 +95,50 @@ def np_dense32(Q, K, V, scale=None, order=0):
     return out, lse
 
 
-def check_attention(out, lse, ref, refs32, what="attention"):
+def check_attention(out, lse, ref, refs32, what="attention", extra=(0.0, 0.0)):
     """out (and lse unless None) against the float64 reference (out, lse), bounded by the
-    float32 references' errors (method (a) of tests/_tolerance.py)."""
-    assert_close_to_f64(out, ref[0], [r[0] for r in refs32], what=what + " out")
+    float32 references' errors (method (a) of tests/_tolerance.py); extra: bounds (on out,
+    on lse) of errors the float32 references do not share."""
+    assert_close_to_f64(out, ref[0], [r[0] for r in refs32], extra=extra[0], what=what + " out")
     if lse is not None:
-        assert_close_to_f64(lse, ref[1], [r[1] for r in refs32], what=what + " lse")
+        assert_close_to_f64(lse, ref[1], [r[1] for r in refs32], extra=extra[1], what=what + " lse")
 
 
-def check_dense(out, lse, Q, K, V, scale=None, what="dense"):
+def check_dense(out, lse, Q, K, V, scale=None, what="dense", extra=(0.0, 0.0)):
     """out (and lse) of attention over every key against np_dense and np_dense32."""
-    check_attention(out, lse, np_dense(Q, K, V, scale), [np_dense32(Q, K, V, scale, o) for o in ORDERS32], what)
+    check_attention(out, lse, np_dense(Q, K, V, scale), [np_dense32(Q, K, V, scale, o) for o in ORDERS32], what,
+                    extra)
+
+
+def bf16_logit_extra(q, Kh):
+    """Per key row of Kh: what the avx512bf16 level's q.k adds to a float32 dot product's
+    error (src_cpp/kernels/attention_kernels.h): the query's mid and lo parts, at most
+    2^-8 |q|, summed in their own float32 accumulator over at most 2d products (gamma_2d
+    2^-8 sum|q||k|), the sum of the two accumulators (u |q.k|), and vdpbf16ps's flush of
+    denormal inputs, products and sums (< 2^-126 each: 6d of them, and 3 sum|k| for the
+    parts)."""
+    d = q.shape[0]
+    A = np.abs(Kh) @ np.abs(q)
+    return gamma(2 * d) * 2.0 ** -8 * A + U * np.abs(Kh @ q) + 2.0 ** -126 * (3 * np.abs(Kh).sum(1) + 6 * d)
+
+
+def bf16_level_extra(Q, K, V, scale=None):
+    """Bounds (on out, on lse) of what the avx512bf16 level adds to attention's error: with
+    logit i off by e_i (bf16_logit_extra, scaled) and D = max e_i, softmax weight i moves by
+    a factor within e^(+-(e_i + D)): out by sum_i p_i expm1(e_i + D) |v_i|, lse by D."""
+    Q, K, V = (np.asarray(a, np.float64) for a in (Q, K, V))
+    H, d = Q.shape
+    G = H // K.shape[0]
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    out, lse = np.zeros((H, d)), np.zeros(H)
+    for h in range(H):
+        Kh, Vh = K[h // G], V[h // G]
+        e = scale * bf16_logit_extra(Q[h], Kh)
+        z = scale * (Kh @ Q[h])
+        p = np.exp(z - logsumexp(z))
+        out[h] = (p * np.expm1(e + e.max())) @ np.abs(Vh)
+        lse[h] = e.max()
+    return out, lse
 
 
 def codes_of(hasher, tb, X):
@@ -203,7 +237,7 @@ def _restore_simd():
 # exactness
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("level", SIMD_PARAMS)
+@pytest.mark.parametrize("level", ATTENTION_PARAMS)
 @pytest.mark.parametrize("d", [1, 7, 33, 64])
 def test_forced_sampling_equals_dense(level, d, rng):
     _C.set_simd_level(level)
@@ -218,7 +252,7 @@ def test_forced_sampling_equals_dense(level, d, rng):
     assert (touched == 700).all()
 
 
-@pytest.mark.parametrize("level", SIMD_PARAMS)
+@pytest.mark.parametrize("level", ATTENTION_PARAMS)
 def test_exact_kernels(level, rng):
     _C.set_simd_level(level)
     K, V, Q = planted(rng, 3, 5000, 40, 9)
@@ -258,7 +292,7 @@ def test_matches_numpy_reference(k, l, m, rng):
     assert np.array_equal(touched, check_lsh(out, lse, idx, K, V, Q))
 
 
-@pytest.mark.parametrize("level", SIMD_PARAMS)
+@pytest.mark.parametrize("level", ATTENTION_PARAMS)
 @pytest.mark.parametrize("d", [1, 2, 16, 100, 128, 1000])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_index_codes_match_simhash_at_every_width(level, d, dtype, rng):
@@ -283,7 +317,7 @@ def test_identical_across_simd_levels(rng, each_simd):
         idx.append(K, V)
         return idx.indexed_codes(0), idx.indexed_codes(1), *idx.attend(Q, return_stats=True)
 
-    res = each_simd(run)
+    res = each_simd(run, ATTENTION_LEVELS)
     first = next(iter(res.values()))
     idx = LSHKVIndex(64, 2, k=8, l=60, window=16)
     idx.append(K, V)
@@ -460,6 +494,67 @@ def test_bfloat16_matches_float32(rng):
     check_dense(*dense_attention(Q, Kr, Vr, return_lse=True), Q, Kr, Vr, what="dense float32")
 
 
+def bf16_query(Q, parts):
+    """Q as the sum of its first ``parts`` bfloat16 parts (float32): the avx512bf16 level
+    splits such queries into that many (attention_kernels.h, split_query)."""
+    Q = np.asarray(Q, np.float32)
+    out = np.zeros_like(Q)
+    for _ in range(parts):
+        out += _bf16_to_f32(_f32_to_bf16(Q - out))
+    return out
+
+
+@pytest.mark.parametrize("level", ATTENTION_PARAMS)
+@pytest.mark.parametrize("d", [1, 31, 64, 100])
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_bfloat16_keys_at_every_level(level, d, parts, rng):
+    """bfloat16 keys and values through dense, top-k and forced-sampling attention, with
+    queries of 1, 2 or 3 bfloat16 parts (3: any float32): the exact attention of the
+    bfloat16 values within the float32 bound, plus at avx512bf16 (vdpbf16ps) its own
+    error bound for what the float32 references do not share (bf16_level_extra)."""
+    _C.set_simd_level(level)
+    K, V, Q = planted(rng, 2, 900, d, 6)
+    Q = bf16_query(Q, parts)
+    Kb, Vb = _f32_to_bf16(K), _f32_to_bf16(V)
+    Kr, Vr = _bf16_to_f32(Kb), _bf16_to_f32(Vb)
+    extra = bf16_level_extra(Q, Kr, Vr) if level == BF16_LEVEL else (0.0, 0.0)
+    check_dense(*dense_attention(Q, Kb, Vb, return_lse=True), Q, Kr, Vr, what="dense", extra=extra)
+    idx = LSHKVIndex(d, 2, dtype="bfloat16", min_collisions=0, sinks=4, window=16)
+    idx.append(Kb, Vb)
+    check_dense(*idx.attend(Q, return_stats=True)[:2], Q, Kr, Vr, what="forced sampling", extra=extra)
+    budget = 40
+    out = topk_attention(Q, Kb, Vb, budget)
+    for h in range(6):
+        Kh = Kr[h // 3].astype(np.float64)
+        z = Kh @ Q[h]
+        order = np.argsort(-z, kind="stable")
+        top = order[:budget]
+        pair = Kh[order[budget - 1:budget + 1]]
+        err = dot_error_bound(pair, Q[h]).sum()
+        if level == BF16_LEVEL:
+            err += bf16_logit_extra(Q[h].astype(np.float64), pair).sum()
+        assert z[order[budget - 1]] - z[order[budget]] > err, "ambiguous test data: a near tie at the budget"
+        sel = (slice(h // 3, h // 3 + 1), top)
+        ex = bf16_level_extra(Q[h:h + 1], Kr[sel], Vr[sel]) if level == BF16_LEVEL else (0.0, 0.0)
+        check_dense(out[h:h + 1], None, Q[h:h + 1], Kr[sel], Vr[sel], what=f"top-{budget}", extra=ex)
+
+
+def test_avx512bf16_runs_float32_keys_as_avx512(rng):
+    """The level changes bfloat16 rows only: on float32 keys its results are avx512's, bit for bit."""
+    if BF16_LEVEL not in ATTENTION_LEVELS:
+        pytest.skip(f"this CPU (or this build's compiler) lacks {BF16_LEVEL}")
+    K, V, Q = planted(rng, 2, 1500, 64, 8)
+
+    def run(level):
+        _C.set_simd_level(level)
+        idx = LSHKVIndex(64, 2, k=8, l=60, window=16)
+        idx.append(K, V)
+        return [*dense_attention(Q, K, V, return_lse=True), *idx.attend(Q, return_stats=True)]
+
+    for a, b in zip(run("avx512"), run(BF16_LEVEL)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_torch_tensors_zero_copy(rng):
     torch = pytest.importorskip("torch")
     d, n_kv, H, n = 32, 2, 4, 800
@@ -491,14 +586,18 @@ def test_u_against_binomial(k, l, m):
     cos = cos.astype(np.float32).astype(np.float64)  # the kernels take float32
     p, u = sampling_probability(cos, k, l, m)
     p_ref = (1 - np.arccos(cos) / np.pi) ** k
-    u_ref = binom.sf(m - 1, l, p_ref)
-    np.testing.assert_allclose(p, p_ref, rtol=2e-5, atol=1e-30)
-    ok = u_ref > 1e-30
-    np.testing.assert_allclose(u[ok], u_ref[ok], rtol=1e-4)
-    if m == 2:  # MagicPIG's closed form
-        closed = 1 - (1 - p_ref) ** l - l * p_ref * (1 - p_ref) ** (l - 1)
+    assert_within(p, p_ref, p_bound(cos, p_ref, k), "p")
+    # u against the binomial tail at the kernel's own p: the table's error alone (with p's
+    # above, the error of u end to end)
+    pos = p > 0
+    u_at_p, bound = u_bound(p[pos], l, m)
+    ok = u_at_p > 1e-30
+    assert_within(u[pos][ok], u_at_p[ok], bound[ok], "u")
+    if m == 2:  # MagicPIG's closed form, whose float64 terms are within (l + 4) 2^-53 each
+        q = p[pos].astype(np.float64)
+        closed = 1 - (1 - q) ** l - l * q * (1 - q) ** (l - 1)
         big = closed > 1e-6
-        np.testing.assert_allclose(u[big], closed[big], rtol=1e-4)
+        assert_within(u[pos][big], closed[big], bound[big] + (2 * l + 8) * 2.0 ** -53, "u, closed form")
     for pp in (1e-9, 1e-4, 0.01, 0.3, 0.99):
         assert math.isclose(_C.log_binom_sf(m, l, pp), binom.logsf(m - 1, l, pp), rel_tol=1e-9, abs_tol=1e-12)
     p0, u0 = sampling_probability(np.array([0.3]), k, l, 0)

@@ -10,6 +10,8 @@ from hashlab import slide, train_control
 from hashlab.slide import SparseMLP
 from hashlab.synthetic import make_xmc
 
+from _tolerance import assert_close_to_f64
+
 
 def data(n=400, seed=0):
     Xtr, Ytr, Xte, Yte = make_xmc(n, 100, 300, 60, seed=seed)
@@ -142,17 +144,30 @@ def test_schedule_is_applied_per_batch(monkeypatch):
     assert m._lr_scale == 1.0
 
 
+def centroid_activations(X, Y, W, b, dtype, order=0):
+    """relu(c W + b) / |relu(c W + b)| of each label's normalised centroid c of its rows of X,
+    in ``dtype``; order > 0 permutes the rows and the features (another order of every sum).
+    Returns (labels with rows, their activations)."""
+    rng = np.random.default_rng(order)
+    r = np.arange(X.shape[0]) if order == 0 else rng.permutation(X.shape[0])
+    f = np.arange(X.shape[1]) if order == 0 else rng.permutation(X.shape[1])
+    C = (Y[r].astype(dtype).T @ X[r][:, f].astype(dtype)).toarray()
+    norms = np.linalg.norm(C, axis=1)
+    has = np.flatnonzero(norms > 0)
+    E = np.maximum((C[has] / norms[has, None]) @ W[f].astype(dtype) + b.astype(dtype), 0)
+    return has, E / np.linalg.norm(E, axis=1, keepdims=True)
+
+
 def test_centroid_init_is_the_normalised_centroid_activation():
     Xtr, Ytr, _, _ = data()
     m = model()
     m.fit(Xtr, Ytr, epochs=0, verbose=False)  # init only
-    C = (Ytr.T @ Xtr).toarray()
-    has = np.flatnonzero(np.linalg.norm(C, axis=1) > 0)
-    Cn = C[has] / np.linalg.norm(C[has], axis=1, keepdims=True)
-    E = np.maximum(Cn @ m.layers[0].w + m.biases[0].w, 0)
-    E /= np.linalg.norm(E, axis=1, keepdims=True)
-    row = m.out_w.w[has] / np.linalg.norm(m.out_w.w[has], axis=1, keepdims=True)
-    np.testing.assert_allclose(row, E, atol=1e-5)
+    W, b = m.layers[0].w, m.biases[0].w
+    has, E = centroid_activations(Xtr, Ytr, W, b, np.float64)
+    refs32 = [centroid_activations(Xtr, Ytr, W, b, np.float32, o)[1] for o in range(4)]
+    row = m.out_w.w[has].astype(np.float64)
+    row /= np.linalg.norm(row, axis=1, keepdims=True)
+    assert_close_to_f64(row, E, refs32, what="centroid rows")
     random = model()
     random.fit(Xtr, Ytr, epochs=0, init="random", verbose=False)
     np.testing.assert_array_equal(random.out_w.w, model().out_w.w)

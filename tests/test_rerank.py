@@ -6,6 +6,9 @@ import scipy.sparse as sp
 from hashlab import SparseMLP
 from hashlab.rerank import FeatureReranker
 
+from _mlp_reference import logits_bound
+from _tolerance import U, assert_within, gamma
+
 M64 = (1 << 64) - 1
 
 
@@ -14,6 +17,20 @@ def slot(label, feature, bits):
     x = ((label * 0x9E3779B97F4A7C15) & M64) ^ ((feature * 0xC2B2AE3D27D4EB4F) & M64)
     x ^= x >> 29
     return x & ((1 << bits) - 1)
+
+
+def scores64(rr, X, cands):
+    """rr's scores of X's rows for cands in float64 and their float32 error bound in any order:
+    gamma_{nnz+1} (|u[c]| + sum_f |x_f| |V[slot]|) (u[c] plus nnz products)."""
+    out, bound = np.empty(cands.shape), np.empty(cands.shape)
+    for i in range(cands.shape[0]):
+        f, v = X.indices[X.indptr[i]:X.indptr[i + 1]], X.data[X.indptr[i]:X.indptr[i + 1]].astype(np.float64)
+        for c, lab in enumerate(cands[i]):
+            w = rr.V[[slot(int(lab), int(j), rr.bits) for j in f]].astype(np.float64)
+            u = float(rr.U[lab])
+            out[i, c] = u + v @ w
+            bound[i, c] = gamma(f.size + 1) * (abs(u) + np.abs(v) @ np.abs(w))
+    return out, bound
 
 
 def rows(rng, n, d, density=0.2):
@@ -29,14 +46,8 @@ def test_scores_are_the_hashed_linear_sum():
     rr.U[:] = rng.standard_normal(40).astype(np.float32)
     X = rows(rng, 7, 30)
     cands = rng.integers(0, 40, size=(7, 5))
-    got = rr.scores(X, cands)
-    for i in range(7):
-        lo, hi = X.indptr[i], X.indptr[i + 1]
-        for c in range(5):
-            lab = int(cands[i, c])
-            want = float(rr.U[lab]) + sum(float(v) * float(rr.V[slot(lab, int(f), 12)])
-                                          for f, v in zip(X.indices[lo:hi], X.data[lo:hi]))
-            assert got[i, c] == pytest.approx(want, rel=1e-5, abs=1e-5)
+    want, bound = scores64(rr, X, cands)
+    assert_within(rr.scores(X, cands), want, bound, "re-ranker scores")
 
 
 def test_rerank_sorts_base_plus_scores_ties_to_the_lower_label():
@@ -92,12 +103,20 @@ def test_sparse_mlp_predicts_mlp_shortlist_plus_reranker_scores(tmp_path):
     m = SparseMLP(80, 60, hidden=(16,), seed=0).fit(Xtr, Ytr, epochs=2, batch_size=64, verbose=False)
     rr = m.reranker
     assert rr is not None and m.rerank_report_["kept"] and m.rerank_report_["rows"] == 450
-    # reference: the torch twin's logits (the MLP alone), their top 32, plus the re-ranker's scores
-    logits = m.to_torch()(Xte).detach().numpy()
+    # reference: the MLP's float64 logits, their top 32, plus the re-ranker's float64 scores
+    logits, lbound = logits_bound([p.w for p in m.layers], [b.w for b in m.biases], m.out_w.w, m.out_b.w, Xte)
     short = np.argsort(-logits, 1, kind="stable")[:, :32]
-    z = np.take_along_axis(logits, short, 1) + rr.scores(Xte, short)
+    ranked = -np.sort(-logits, 1)
+    # test-data precondition: the 32nd and 33rd logits further apart than their error bounds,
+    # so that every float32 order shortlists the same labels
+    assert (ranked[:, 31] - ranked[:, 32] > 2 * lbound.max(1)).all(), "ambiguous test data: a near tie"
+    s64, sbound = scores64(rr, Xte, short)
+    z = np.take_along_axis(logits, short, 1) + s64
+    zb = np.take_along_axis(lbound, short, 1) + sbound
+    zb += U * (np.abs(z) + zb)  # the float32 sum base + score
     sc, lb = m.predict_topk(Xte, 5)
-    np.testing.assert_allclose(sc, -np.sort(-z, 1)[:, :5], rtol=1e-5, atol=1e-5)
+    # sorted: each row's largest bound bounds its k-th largest (tests/test_slide.py)
+    assert_within(sc, -np.sort(-z, 1)[:, :5], zb.max(1, keepdims=True), "re-ranked scores")
     assert set(lb[0]) == set(short[0][np.argsort(-z[0])[:5]])
     # checkpoint and float32 export predict identically; float16 within its rounding
     m.save(tmp_path / "ck.npz")

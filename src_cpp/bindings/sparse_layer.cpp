@@ -20,7 +20,7 @@ DenseParam param(carray<float>& w, carray<float>& m, carray<float>& v, const cha
   return DenseParam{w.mutable_data(), m.mutable_data(), v.mutable_data(), w.shape(0), w.shape(1)};
 }
 
-AdamConfig adam_config(float lr, float beta1, float beta2, float eps, int64_t step) {
+AdamConfig adam_config(float lr, double beta1, double beta2, float eps, int64_t step) {
   AdamConfig a;
   a.lr = lr;
   a.beta1 = beta1;
@@ -47,7 +47,7 @@ void bind_sparse_layer(py::module_& m) {
       "sparse_output_train",
       [](carray<float> H, carray<int64_t> cand_indptr, carray<int32_t> cand_ids, carray<int64_t> label_indptr,
          carray<int32_t> label_ids, int64_t target_active, uint64_t seed, carray<float> W, carray<float> mW,
-         carray<float> vW, carray<float> b, carray<float> mb, carray<float> vb, float lr, float beta1, float beta2,
+         carray<float> vW, carray<float> b, carray<float> mb, carray<float> vb, float lr, double beta1, double beta2,
          float eps, int64_t step, carray<uint8_t> dirty) {
         require_shape(H, "H", {-1, -1});
         const int64_t n = H.shape(0);
@@ -99,7 +99,7 @@ void bind_sparse_layer(py::module_& m) {
   m.def(
       "adam_rows",
       [](carray<float> W, carray<float> M, carray<float> V, carray<int64_t> rows, carray<float> G, float lr,
-         float beta1, float beta2, float eps, int64_t step) {
+         double beta1, double beta2, float eps, int64_t step) {
         DenseParam P = param(W, M, V, "W");
         require_shape(rows, "rows", {-1});
         require_shape(G, "G", {rows.shape(0), P.d});

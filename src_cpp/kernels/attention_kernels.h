@@ -1,5 +1,5 @@
 // Per-instruction-set kernels of the LSH-sampled attention (src_cpp/attention_*.cpp).
-// attention_kernel.inc is compiled once per level (attention_{scalar,avx2,avx512}.cpp)
+// attention_kernel.inc is compiled once per level (attention_{scalar,avx2,avx512,avx512bf16}.cpp)
 // into the namespace of that level; kern() (src_cpp/attention_internal.h) picks a set at
 // every call, so that hashlab._C.set_simd_level takes effect immediately.
 #pragma once
@@ -53,6 +53,18 @@ struct AttnKernels {
                          int k, const LogUTable& tab, float extra, float* z);
   // p = (1 - acos(cos)/pi)^k and u = exp(F(log p)) through the same vector code.
   void (*sampling_prob)(const float* cos, int64_t n, int k, const LogUTable& tab, float* p, float* u);
+
+  // bfloat16 rows against queries in bfloat16 parts, by the CPU's bf16 dot product
+  // (vdpbf16ps; null on levels without it). split_query writes q (d floats) as three
+  // bfloat16 vectors at parts, parts + d, parts + 2d: hi = bf16(q), mid = bf16(q - hi),
+  // lo = q - hi - mid, exact (8 + 8 + 8 of float32's 24 significant bits), and returns how
+  // many are needed (1 when q is bfloat16 already, as a bf16 model's are). The products of
+  // bf16 values are exact in float32, so the dot products sum exact terms: hi's in one
+  // accumulator, as accurate as a float32 dot product, mid's and lo's (at most 2^-8 |q|)
+  // in another. dots_split: G queries' parts at parts + j * 3 * d, np parts each.
+  int (*split_query)(const float* q, int64_t d, uint16_t* parts);
+  float (*dot_split)(const uint16_t* parts, int np, const uint16_t* row, int64_t d);
+  void (*dots_split)(const uint16_t* parts, int np, int G, const uint16_t* row, int64_t d, float* out);
 };
 
 #define HASHLAB_DECLARE_ATTN_KERNELS(ISA) \
@@ -63,5 +75,6 @@ struct AttnKernels {
 HASHLAB_DECLARE_ATTN_KERNELS(scalar)
 HASHLAB_DECLARE_ATTN_KERNELS(avx2)
 HASHLAB_DECLARE_ATTN_KERNELS(avx512)
+HASHLAB_DECLARE_ATTN_KERNELS(avx512bf16)
 
 }  // namespace hashlab

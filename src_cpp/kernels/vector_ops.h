@@ -7,7 +7,9 @@
 namespace hashlab {
 
 struct AdamCoefs {
-  float beta1, beta2, eps;
+  float beta1, beta2;
+  float one_minus_beta1, one_minus_beta2;  // rounded from double, not 1 - (float)beta
+  float eps;
   float step_size;     // lr / (1 - beta1^t)
   float inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^t)
 };

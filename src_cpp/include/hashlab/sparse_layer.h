@@ -22,7 +22,10 @@
 namespace hashlab {
 
 struct AdamConfig {
-  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  float lr = 1e-3f, eps = 1e-8f;
+  // double: 1 - beta and the bias corrections 1 - beta^t are taken from the exact value; from
+  // float(0.999) they would be 1.3e-5 off (float(1 - 0.999) is within 2^-24 of 0.001)
+  double beta1 = 0.9, beta2 = 0.999;
   int64_t step = 1;  // t >= 1, the step being taken
 };
 
