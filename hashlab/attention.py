@@ -598,14 +598,16 @@ def expected_sampled_fraction(cos_hist, k, l, min_collisions):
     return float(_u_grid(k, l)[m] @ h)
 
 
-def allocate_min_collisions(profiles, target, power=1.0):
+def allocate_min_collisions(profiles, target, power=0.0):
     """Per-layer min_collisions sharing a sampling budget by attention mass.
 
     profiles: one (mass, cos_hist, k, l) per layer (``prompt_profile`` and the layer's k, l);
     target: float in (0, 1], the fraction of indexed keys the layers should sample on average.
-    Layer i's share is f_i = target * w_i / mean(w), w_i = mass_i ** power: with power 1 this
-    minimises the summed variance of the layers' estimates (sum of mass_i^2 / n_i for n_i
-    samples, at fixed sum of n_i, is smallest at n_i proportional to mass_i). Its m is the one
+    Layer i's share is f_i = target * w_i / mean(w), w_i = mass_i ** power: power 0 (default)
+    gives every layer the same fraction; power 1 would minimise the summed variance of the
+    layers' estimates (sum of mass_i^2 / n_i for n_i samples, at fixed sum of n_i, is smallest
+    at n_i proportional to mass_i), but on SmolLM2 it agreed with dense less often than power
+    0 or a single m for all layers (benchmarks/README.md, the 4K agreement gap). Its m is the one
     whose expected sampled fraction is nearest f_i in log scale (m >= 1). Returns a list of
     ints; layers with an all-zero histogram, or all layers when every mass is 0, get None
     (keep their own m).

@@ -116,11 +116,12 @@ class LSHAttentionParams:
     the attention mass on the indexed keys and the cosines to them); at the first decode step
     every layer's min_collisions is re-chosen (``allocate_min_collisions``) so that the
     layers sample about this fraction of their indexed keys on average, layer i's share
-    proportional to mass_i ** budget_power (0: the same fraction in every layer). Per batch
+    proportional to mass_i ** budget_power (0, the default: the same fraction in every layer;
+    on SmolLM2 that beat shares by mass ** 0.5 and mass ** 1, benchmarks/README.md). Per batch
     element; layers whose ``layer_params`` set min_collisions keep it; without the prefill's
     queries (``LSHCache.from_dynamic_cache``) nothing is re-chosen. The profile costs about
     one dense decode step of attention per probe query, once.
-    budget_power: float >= 0, default 0.5 (see target_touched).
+    budget_power: float >= 0, default 0 (see target_touched).
     """
 
     k: int = 10
@@ -135,7 +136,7 @@ class LSHAttentionParams:
     learned: bool = False
     layer_params: tuple = ()
     target_touched: float | None = None
-    budget_power: float = 0.5
+    budget_power: float = 0.0
 
     def __post_init__(self):
         check_int(self.k, "k", 1, 32)
@@ -796,7 +797,7 @@ def _generate_with_lsh_cache(*args, model, **kwargs):
 
 def enable_lsh_attention(model, k=10, l=150, sinks=4, window=64, dense_layers=(0,), min_collisions=2, seed=0,
                          max_sampled=None, index_dtype="float32", learned=False, layer_params=None,
-                         target_touched=None, budget_power=0.5):
+                         target_touched=None, budget_power=0.0):
     """Make a transformers decoder-only causal LM decode with LSH-sampled attention (MagicPIG).
 
     Prefill stays dense (transformers' SDPA); at each decode step every full-attention layer
