@@ -241,6 +241,15 @@ LSHAttentionIndex::LSHAttentionIndex(const AttentionConfig& cfg, const float* si
 
 LSHAttentionIndex::~LSHAttentionIndex() = default;
 
+void LSHAttentionIndex::set_min_collisions(int min_collisions) {
+  Impl& m = *impl_;
+  check(min_collisions >= 0 && min_collisions <= m.cfg.l && min_collisions <= 255,
+        "min_collisions: expected 0 <= min_collisions <= min(l, 255)");
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.tab = log_u_table(m.cfg.l, min_collisions);
+  m.cfg.min_collisions = min_collisions;
+}
+
 void LSHAttentionIndex::append(const void* keys, const void* values, int64_t t) {
   Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.mu);

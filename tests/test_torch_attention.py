@@ -510,3 +510,55 @@ def test_module_learned_fits_on_the_gqa_groups_queries():
     want = LSHKVIndex(D, Hkv, learned=True, **SAMPLED).fit(q[0, :, :T].numpy(), k[0, :, :T].numpy()).transform
     np.testing.assert_array_equal(att.indexes[0].transform, want)
     assert att(q[:, :, T:], k[:, :, T:], v[:, :, T:]).shape == (B, H, 1, D)
+
+
+def test_generate_target_touched_rechooses_min_collisions_per_layer_and_element(tiny):
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 128, (2, 200), generator=g)
+    mask = torch.ones_like(ids)
+    ids[1, :30] = 0  # left padding: that element is profiled on its own keys
+    mask[1, :30] = 0
+    params = dict(SAMPLED, k=3, l=60, min_collisions=1)
+    enable_lsh_attention(tiny, dense_layers=(), target_touched=0.2, **params)
+    try:
+        out = _greedy(tiny, ids, n=5, attention_mask=mask, return_dict_in_generate=True)
+        for layer in out.cache.layers:
+            assert layer.profiles is None  # allocated at the first decode step, then dropped
+            for ix in layer.indexes:
+                assert 1 < ix.min_collisions <= 60
+        st = out.cache.stats()
+        assert 0.05 < st["touched_fraction"] < 0.5
+    finally:
+        disable_lsh_attention(tiny)
+    # a layer whose layer_params set min_collisions keeps it
+    enable_lsh_attention(tiny, dense_layers=(), target_touched=0.2, layer_params={0: {"min_collisions": 1}}, **params)
+    try:
+        out = _greedy(tiny, ids, n=3, attention_mask=mask, return_dict_in_generate=True)
+        l0, l1 = out.cache.layers
+        assert [ix.min_collisions for ix in l0.indexes] == [1, 1]
+        assert all(ix.min_collisions > 1 for ix in l1.indexes)
+        with torch.no_grad():  # without the prefill's queries nothing is re-chosen
+            dyn = DynamicCache(config=tiny.config)
+            tiny(ids[:1], cache=dyn, use_cache=True)
+            cache = LSHCache.from_dynamic_cache(dyn, tiny)
+            tiny(ids[:1, -1:], cache=cache, use_cache=True)
+        assert [layer.indexes[0].min_collisions for layer in cache.layers] == [1, 1]
+    finally:
+        disable_lsh_attention(tiny)
+    with pytest.raises(ValueError, match="target_touched"):
+        LSHAttentionParams(target_touched=0.0)
+    with pytest.raises(ValueError, match="budget_power"):
+        LSHAttentionParams(budget_power=-1)
+    with pytest.raises(TypeError, match="target_touched"):
+        LSHAttentionParams(target_touched="5%")
+
+
+def test_module_target_touched_hits_the_fraction():
+    torch.manual_seed(6)
+    B, H, Hkv, T, D = 1, 4, 2, 800, 16
+    m = LSHAttention(H, Hkv, D, k=4, l=80, min_collisions=1, sinks=2, window=8, target_touched=0.1)
+    m(torch.randn(B, H, T, D), torch.randn(B, Hkv, T, D), torch.randn(B, Hkv, T, D))
+    assert m.indexes[0].min_collisions > 1
+    for _ in range(30):  # decode queries like the prompt's: the touched fraction is near the target
+        m(torch.randn(B, H, 1, D), torch.randn(B, Hkv, 1, D), torch.randn(B, Hkv, 1, D))
+    assert 0.06 < m.stats()["touched_fraction"] < 0.15

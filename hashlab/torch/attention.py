@@ -63,6 +63,7 @@ from __future__ import annotations
 import copy
 import functools
 import threading
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -70,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import check_choice, check_int
+from .._validate import check_choice, check_float, check_int
 
 __all__ = ["LSHAttention", "LSHAttentionParams", "enable_lsh_attention", "disable_lsh_attention",
            "lsh_attention_forward", "lsh_decode", "is_lsh_attention_enabled", "SUPPORTED_MODEL_TYPES",
@@ -110,6 +111,17 @@ class LSHAttentionParams:
     "sinks": ..., "window": ..., "max_sampled": ...}}`` (any subset of those names), applied to
     that layer's index on top of the parameters above (stored as a sorted tuple of
     ``(layer_idx, ((name, value), ...))`` pairs; ``for_layer(i)`` gives layer i's parameters).
+    target_touched: None (default) or a fraction in (0, 1]: an adaptive budget. At prefill
+    each LSH layer profiles the prompt's last 64 queries (``hashlab.attention.prompt_profile``:
+    the attention mass on the indexed keys and the cosines to them); at the first decode step
+    every layer's min_collisions is re-chosen (``allocate_min_collisions``) so that the
+    layers sample about this fraction of their indexed keys on average, layer i's share
+    proportional to mass_i ** budget_power (0, the default: the same fraction in every layer;
+    on SmolLM2 that beat shares by mass ** 0.5 and mass ** 1, benchmarks/README.md). Per batch
+    element; layers whose ``layer_params`` set min_collisions keep it; without the prefill's
+    queries (``LSHCache.from_dynamic_cache``) nothing is re-chosen. The profile costs about
+    one dense decode step of attention per probe query, once.
+    budget_power: float >= 0, default 0 (see target_touched).
     """
 
     k: int = 10
@@ -123,6 +135,8 @@ class LSHAttentionParams:
     dense_layers: tuple = (0,)
     learned: bool = False
     layer_params: tuple = ()
+    target_touched: float | None = None
+    budget_power: float = 0.0
 
     def __post_init__(self):
         check_int(self.k, "k", 1, 32)
@@ -145,6 +159,10 @@ class LSHAttentionParams:
                             f"{type(self.dense_layers).__name__}") from None
         object.__setattr__(self, "dense_layers", dense)
         object.__setattr__(self, "layer_params", _layer_params(self.layer_params))
+        if self.target_touched is not None:
+            object.__setattr__(self, "target_touched",
+                               check_float(self.target_touched, "target_touched", 0.0, 1.0, lo_open=True))
+        object.__setattr__(self, "budget_power", check_float(self.budget_power, "budget_power", 0.0))
         for i, _ in self.layer_params:
             self.for_layer(i)  # each layer's combination is valid (e.g. min_collisions <= l)
 
@@ -272,11 +290,18 @@ def _valid_key_mask(attention_mask, batch: int, kv_len: int):
     return None if valid.all() else valid
 
 
-def _build_indexes(params: LSHAttentionParams, key, value, layer_idx: int, valid=None, query=None):
+_N_PROBE = 64  # prompt queries profiled per layer for target_touched
+
+
+def _build_indexes(params: LSHAttentionParams, key, value, layer_idx: int, valid=None, query=None, scale=None,
+                   profiles=None):
     """One LSHKVIndex per batch element holding the prompt (keys whose ``valid`` is False left out).
 
     query (B, H, S, D): the prefill's queries (their positions are the keys'), needed with
-    ``params.learned`` to fit each element's maps (the query heads of a KV head fit its map)."""
+    ``params.learned`` to fit each element's maps (the query heads of a KV head fit its map).
+    With ``params.target_touched`` and a query (there (B, H, S_q <= S, D), the last S_q
+    positions suffice), ``profiles`` (a list) receives one ``prompt_profile`` (mass, cos_hist)
+    per batch element, or None for an element without indexed keys."""
     B, H_kv, S, D = key.shape
     if params.learned and (query is None or query.shape[0] != B or query.shape[2] != S or query.shape[3] != D):
         raise ValueError(f"learned=True: expected the prefill's queries shaped ({B}, H, {S}, {D}), got "
@@ -284,19 +309,50 @@ def _build_indexes(params: LSHAttentionParams, key, value, layer_idx: int, valid
     k = _np32(key)
     v = _np32(value)
     q = _np32(query) if params.learned else None
+    profile = profiles is not None and params.target_touched is not None and query is not None
+    if profile:
+        from ..attention import prompt_profile
     indexes = []
     for b in range(B):
         index = params.new_index(D, H_kv, layer_idx)
         sel = slice(None) if valid is None else np.flatnonzero(valid[b])
+        prof = None
         if valid is None or sel.size:
             kb = np.ascontiguousarray(k[b][:, sel])
             if params.learned:
                 index.fit(q[b][:, sel], kb)
             index.append(kb, np.ascontiguousarray(v[b][:, sel]))
+            if profile:  # left padding: an element's last positions are its own
+                n_q = min(_N_PROBE, kb.shape[1], query.shape[2])
+                prof = prompt_profile(_np32(query[b, :, query.shape[2] - n_q:]), kb, index.sinks, index.window,
+                                      scale, n_probe=n_q)
+                if not np.any(prof[1]):
+                    prof = None
         elif params.learned:  # an all-padding prompt: nothing to fit on, hash as the plain index
             index.transform = np.broadcast_to(np.eye(D, dtype=np.float32), (H_kv, D, D))
+        if profiles is not None:
+            profiles.append(prof)
         indexes.append(index)
     return indexes
+
+
+def _allocate_budget(params: LSHAttentionParams, layers):
+    """target_touched: re-choose min_collisions of every (layer_idx, indexes, profiles) in ``layers``,
+    per batch element, sharing the budget by attention mass (layers whose layer_params set
+    min_collisions, and elements without a profile, keep theirs)."""
+    from ..attention import allocate_min_collisions
+
+    fixed = {i for i, over in params.layer_params if "min_collisions" in dict(over)}
+    layers = [(i, ix, pr) for i, ix, pr in layers if i not in fixed and pr is not None]
+    if not layers:
+        return
+    for b in range(len(layers[0][1])):
+        live = [(ix[b], pr[b]) for _, ix, pr in layers if pr[b] is not None]
+        ms = allocate_min_collisions([(mass, hist, index.k, index.l) for index, (mass, hist) in live],
+                                     params.target_touched, params.budget_power)
+        for (index, _), m in zip(live, ms):
+            if m is not None:
+                index.set_min_collisions(min(m, index.l, 255))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +374,7 @@ class LSHAttention(nn.Module):
     """
 
     def __init__(self, n_heads, n_kv_heads, head_dim, *, k=10, l=150, min_collisions=2, sinks=4, window=64,
-                 seed=0, max_sampled=None, index_dtype="float32", scale=None, learned=False):
+                 seed=0, max_sampled=None, index_dtype="float32", scale=None, learned=False, target_touched=None):
         super().__init__()
         self.n_heads = check_int(n_heads, "n_heads", 1)
         self.n_kv_heads = check_int(n_kv_heads, "n_kv_heads", 1)
@@ -327,7 +383,7 @@ class LSHAttention(nn.Module):
             raise ValueError(f"n_heads: expected a multiple of n_kv_heads={self.n_kv_heads}, got {self.n_heads}")
         self.params = LSHAttentionParams(k=k, l=l, min_collisions=min_collisions, sinks=sinks, window=window,
                                          seed=seed, max_sampled=max_sampled, index_dtype=index_dtype,
-                                         dense_layers=(), learned=learned)
+                                         dense_layers=(), learned=learned, target_touched=target_touched)
         self.scale = None if scale is None else float(scale)
         self.reset()
 
@@ -372,7 +428,10 @@ class LSHAttention(nn.Module):
         if self.indexes is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
                                                  enable_gqa=self.n_heads != self.n_kv_heads)
-            self.indexes = _build_indexes(self.params, k, v, 0, query=q)
+            profiles = []
+            self.indexes = _build_indexes(self.params, k, v, 0, query=q, scale=self.scale, profiles=profiles)
+            if self.params.target_touched is not None:  # one layer: its m for the target fraction itself
+                _allocate_budget(self.params, [(0, self.indexes, profiles)])
             return out
         if B != len(self.indexes):
             raise ValueError(f"q: expected batch size {len(self.indexes)} (the prefill's), got {B}; "
@@ -420,7 +479,7 @@ def lsh_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     if kind == "prefill":
         out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                      scaling=scaling, **kwargs)
-        layer._ingest_prompt(k_new, v_new, _valid_key_mask(attention_mask, key.shape[0], key.shape[2]), query)
+        layer._ingest_prompt(k_new, v_new, _valid_key_mask(attention_mask, key.shape[0], key.shape[2]), query, scaling)
         return out
     out = lsh_decode(layer.indexes, query, k_new, v_new, scaling, layer.stats)
     return out.transpose(1, 2).contiguous(), None
@@ -475,6 +534,8 @@ def _hf_classes():
             self.stats = _Stats()
             self.seq_len = 0
             self._pending = None
+            self.profiles = None    # target_touched: prompt_profile per batch element, until the first decode
+            self._owner = None      # the LSHCache (a weakref), which allocates the budget over its layers
 
         def __repr__(self):
             return f"LSHCacheLayer(layer_idx={self.layer_idx}, tokens={self.seq_len})"
@@ -493,13 +554,22 @@ def _hf_classes():
             kind = "prefill" if self.indexes is None else "decode"
             if kind == "decode" and key_states.shape[0] != len(self.indexes):
                 raise ValueError(f"expected batch size {len(self.indexes)} (the prefill's), got {key_states.shape[0]}")
+            if kind == "decode" and self.profiles is not None:
+                owner = self._owner() if self._owner is not None else None
+                if owner is not None and any(layer is self for layer in owner.layers):
+                    owner._allocate_budget()
+                else:
+                    _allocate_budget(self.params, [(self.layer_idx, self.indexes, self.profiles)])
+                    self.profiles = None
             self._pending = (kind, key_states, value_states)
             self.seq_len += key_states.shape[-2]
             _HANDOFF.layer, _HANDOFF.key = self, key_states
             return key_states, value_states
 
-        def _ingest_prompt(self, keys, values, valid=None, query=None):
-            self.indexes = _build_indexes(self.params, keys, values, self.layer_idx, valid, query)
+        def _ingest_prompt(self, keys, values, valid=None, query=None, scale=None):
+            profiles = [] if self.params.target_touched is not None and query is not None else None
+            self.indexes = _build_indexes(self.params, keys, values, self.layer_idx, valid, query, scale, profiles)
+            self.profiles = profiles
 
         def get_seq_length(self) -> int:
             return self.seq_len
@@ -516,7 +586,7 @@ def _hf_classes():
             return 0 if self.indexes is None else int(sum(ix.nbytes + ix.kv_nbytes for ix in self.indexes))
 
         def reset(self):
-            self.indexes = self._pending = None
+            self.indexes = self._pending = self.profiles = None
             self.seq_len = 0
             self.stats = _Stats()
             self.is_initialized = False
@@ -575,6 +645,16 @@ def _hf_classes():
             layers = [LSHCacheLayer(params, i) if i in full and i not in params.dense_layers else layer
                       for i, layer in enumerate(layers)]
             Cache.__init__(self, layers=layers)
+            for layer in self.layers:
+                if isinstance(layer, LSHCacheLayer):
+                    layer._owner = weakref.ref(self)
+
+        def _allocate_budget(self):
+            """target_touched, at the first decode step: re-choose every LSH layer's min_collisions."""
+            mine = [layer for layer in self.layers if isinstance(layer, LSHCacheLayer) and layer.profiles is not None]
+            _allocate_budget(self.params, [(layer.layer_idx, layer.indexes, layer.profiles) for layer in mine])
+            for layer in mine:
+                layer.profiles = None
 
         @classmethod
         def from_dynamic_cache(cls, cache, model_or_config, params: LSHAttentionParams | None = None, **kwargs):
@@ -716,7 +796,8 @@ def _generate_with_lsh_cache(*args, model, **kwargs):
 
 
 def enable_lsh_attention(model, k=10, l=150, sinks=4, window=64, dense_layers=(0,), min_collisions=2, seed=0,
-                         max_sampled=None, index_dtype="float32", learned=False, layer_params=None):
+                         max_sampled=None, index_dtype="float32", learned=False, layer_params=None,
+                         target_touched=None, budget_power=0.0):
     """Make a transformers decoder-only causal LM decode with LSH-sampled attention (MagicPIG).
 
     Prefill stays dense (transformers' SDPA); at each decode step every full-attention layer
@@ -737,7 +818,8 @@ def enable_lsh_attention(model, k=10, l=150, sinks=4, window=64, dense_layers=(0
     n_layers = len(layers)
     params = LSHAttentionParams(k=k, l=l, min_collisions=min_collisions, sinks=sinks, window=window, seed=seed,
                                 max_sampled=max_sampled, index_dtype=index_dtype, dense_layers=dense_layers,
-                                learned=learned, layer_params=layer_params)
+                                learned=learned, layer_params=layer_params, target_touched=target_touched,
+                                budget_power=budget_power)
     _check_layer_indexes(params, n_layers)
     _register()
     if not is_lsh_attention_enabled(model):

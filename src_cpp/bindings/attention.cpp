@@ -87,6 +87,7 @@ void bind_attention(py::module_& m) {
           },
           py::arg("queries"), py::arg("scale"))
       .def("__len__", &LSHAttentionIndex::size)
+      .def("set_min_collisions", &LSHAttentionIndex::set_min_collisions, py::arg("min_collisions"))
       .def_property_readonly("n_indexed", &LSHAttentionIndex::n_indexed)
       .def_property_readonly("n_segments", &LSHAttentionIndex::n_segments)
       .def_property_readonly("nbytes", &LSHAttentionIndex::nbytes)

@@ -54,6 +54,8 @@ class LSHAttentionIndex {
   // One decode step. out (n_heads, head_dim); lse (n_heads) log-sum-exp of the
   // (corrected) logits; touched (n_heads) sampled + dense keys. lse, touched may be null.
   void attend(const float* Q, int64_t n_heads, float scale, float* out, float* lse, int64_t* touched);
+  // Changes m for later attends (0 <= m <= min(l, 255)); the tables do not depend on it.
+  void set_min_collisions(int min_collisions);
 
   int64_t size() const;         // tokens stored
   int64_t n_indexed() const;    // tokens in the index: [sinks, sinks + n_indexed)
