@@ -150,6 +150,8 @@ class LSHAttentionIndex:
     def kv_nbytes(self) -> int: ...
     @property
     def build_seconds(self) -> tuple[float, float]: ...
+    def set_min_collisions(self, min_collisions: int) -> None:
+        """Collisions a key needs to be sampled from now on (0 <= min_collisions <= min(l, 255)); the keys stay indexed."""
     def key_mean(self) -> _F32:
         """(n_kv_heads, head_dim) float32: the mean key each head's keys are centred by."""
     def indexed_codes(self, head: int) -> _U32:
