@@ -31,131 +31,41 @@ What differs from the original SLIDE code (see ../shared/reference.md section 3)
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import tempfile
-import threading
-import time
-import zipfile
-import zlib
 
 import numpy as np
-import scipy.sparse as sp
 
 from . import _C
 from ._validate import check_choice, check_float, check_int
 from .learned import DriftScheduler, LearnedSimHash
 from .metrics import propensities_from_counts, ranking_metrics
 from .params import default_params
-from .rerank import SHARE as RERANK_SHARE
-from .rerank import FeatureReranker
-from .rerank import fit_stage as _fit_rerank_stage
 from . import neighbours as _nb
 from .simhash import SimHash
+from .slide_data import _as_features, _as_labels
+from .slide_fit import _Training
+from .slide_io import _ModelFile
+from .slide_weights import _Adam, _uniform
 from .tables import LSHTables
 from .topk import dense_topk
-from .train_control import SCHEDULES, EarlyStopping, RunClock, lr_factor
 from .wta import DWTAHash
 
-FORMAT_VERSION = 4  # 2: a "kind", checkpoint or inference-only; 3: the feature re-ranker; 4: neighbours; 1-3 load
-SAVE_DTYPES = ("float32", "float16")  # weights of an inference-only file
+# Re-exported: SparseMLP's file format (hashlab.slide_io), training loop (hashlab.slide_fit), inputs
+# (hashlab.slide_data) and parameters (hashlab.slide_weights) live in modules of their own; code
+# imports these names from here.
+from .rerank import SHARE as RERANK_SHARE  # noqa: F401
+from .slide_fit import (CENTROID_SCALE, DEFAULT_BATCH, DEFAULT_EPOCHS, EVAL_SHARE,  # noqa: F401
+                        MAX_HELD_OUT)
+from .slide_io import (FORMAT_VERSION, SAVE_DTYPES, _BadModelFile, _entry, _stored_reranker,  # noqa: F401
+                       _stored_weights, _Weights, atomic_savez)
+
 ACTIVATIONS = ("relu", "tanh")
 HASHES = ("dwta", "simhash", "learned")
-DEFAULT_EPOCHS = 5      # fit's passes when neither epochs nor time_budget is given
-DEFAULT_BATCH = 256
 DEFAULT_HIDDEN = (512,)  # see SparseMLP's hidden for the measurements
-CENTROID_SCALE = 10.0      # logit scale of centroid-initialised output rows (fit's init="centroid")
-MAX_HELD_OUT = 20_000   # rows a fractional validation holds out, at most
-# fit's automatic evaluations wait while they have taken more than this share of its time:
-# scoring 2,000 rows against 20K labels costs as much as ~20 training batches, and at 10 per
-# epoch they took 79% of a 30 s budget (amazon-670k-like at scale 0.03)
-EVAL_SHARE = 0.1
 _QUERY_BUFFER = 1024  # recent hidden activations kept as the learned hash's training queries
 
 
-class _Adam:
-    """Weights with their Adam moments (float32, C-contiguous)."""
-
-    def __init__(self, w):
-        self.w = np.ascontiguousarray(w, dtype=np.float32)
-        self.m = np.zeros_like(self.w)
-        self.v = np.zeros_like(self.w)
-
-    def dense_step(self, g, lr, b1, b2, eps, t):
-        """Plain Adam (torch.optim.Adam's rule) for small dense parameters."""
-        self.m *= b1
-        self.m += (1 - b1) * g
-        self.v *= b2
-        self.v += (1 - b2) * g * g
-        step = lr / (1 - b1 ** t)
-        denom = np.sqrt(self.v) / math.sqrt(1 - b2 ** t) + eps
-        self.w -= (step * self.m / denom).astype(np.float32)
-
-    @property
-    def nbytes(self):
-        return self.w.nbytes * 3
-
-
-def _uniform(rng, shape, bound):
-    """U(-bound, bound) float32 without float64 temporaries (huge output layers)."""
-    w = rng.random(shape, dtype=np.float32)
-    w *= np.float32(2 * bound)
-    w -= np.float32(bound)
-    return w
-
-
-def _as_features(X, input_dim):
-    if not sp.issparse(X):
-        raise TypeError(f"X: expected a scipy.sparse CSR matrix (n, {input_dim}), got {type(X).__name__}")
-    X = X.tocsr()
-    if X.shape[1] != input_dim:
-        raise ValueError(f"X: expected {input_dim} columns (input_dim), got {X.shape[1]}")
-    if X.dtype.kind not in "fiub":
-        raise TypeError(f"X: expected a real dtype, got {X.dtype}")
-    if X.dtype != np.float32:
-        X = X.astype(np.float32)
-    if X.nnz and not np.isfinite(X.data).all():
-        pos = int(np.argmax(~np.isfinite(X.data)))
-        row = int(np.searchsorted(X.indptr, pos, side="right") - 1)
-        raise ValueError(f"X: expected finite values, got NaN or inf in row {row}")
-    if not X.has_canonical_format:
-        X = X.copy()
-        X.sum_duplicates()
-    return X
-
-
-def _as_labels(Y, n, output_dim):
-    """Labels as a CSR indicator (n, output_dim) with sorted unique ids per row."""
-    if sp.issparse(Y):
-        Y = Y.tocsr()
-        if Y.shape != (n, output_dim):
-            raise ValueError(f"Y: expected shape ({n}, {output_dim}), got {Y.shape}")
-        Y = Y.copy()
-        Y.sum_duplicates()
-        Y.eliminate_zeros()
-    elif isinstance(Y, (list, tuple)):
-        if len(Y) != n:
-            raise ValueError(f"Y: expected {n} label lists (one per row of X), got {len(Y)}")
-        lens = np.fromiter((len(r) for r in Y), dtype=np.int64, count=n)
-        flat = np.fromiter((int(v) for r in Y for v in r), dtype=np.int64, count=int(lens.sum()))
-        if flat.size and (flat.min() < 0 or flat.max() >= output_dim):
-            bad = int(np.flatnonzero((flat < 0) | (flat >= output_dim))[0])
-            row = int(np.searchsorted(np.cumsum(lens), bad, side="right"))
-            raise ValueError(f"Y: expected labels in [0, {output_dim}), got {flat[bad]} in row {row}")
-        indptr = np.concatenate([[0], np.cumsum(lens)])
-        Y = sp.csr_matrix((np.ones(flat.size, np.float32), flat, indptr), shape=(n, output_dim))
-        Y.sum_duplicates()
-    else:
-        raise TypeError(f"Y: expected a scipy.sparse indicator matrix or a list of label lists, got {type(Y).__name__}")
-    empty = np.flatnonzero(np.diff(Y.indptr) == 0)
-    if empty.size:
-        raise ValueError(f"Y: expected at least one label per row, row {int(empty[0])} has none")
-    return Y
-
-
-class SparseMLP:
+class SparseMLP(_Training, _ModelFile):
     """An MLP with a huge output layer trained sparsely with LSH-selected neurons.
 
     Parameters
@@ -459,262 +369,6 @@ class SparseMLP:
         self._advance_schedule()
 
     # -- public API ----------------------------------------------------------------------
-    def fit(self, X, Y, epochs=None, batch_size=DEFAULT_BATCH, validation=None, checkpoint=None,
-            checkpoint_every=None, eval_every=None, eval_size=2000, verbose=True, time_budget=None,
-            early_stopping=None, restore_best=True, lr_schedule="linear", warmup=0.05, init="centroid",
-            rerank=True, neighbours=True):
-        """Trains on X (n, input_dim) CSR float32 with labels Y; returns self.
-
-        Y: CSR indicator (n, output_dim) or a list of n label lists. Shuffles every epoch;
-        can be called again to continue (each call is one planned run of the lr schedule).
-
-        Length: ``epochs`` passes over the rows and/or ``time_budget`` seconds of wall clock
-        (training, evaluations and checkpoints all count; checked after every batch, so
-        fit returns at most one batch and one evaluation after the budget). Neither given:
-        DEFAULT_EPOCHS passes; only time_budget: as many passes as fit in it.
-        lr_schedule: "linear" (default), "cosine" or "constant" over the planned run (the
-        fraction of planned batches, or of the budget, done; see hashlab.train_control),
-        after a linear warm-up over the first ``warmup`` fraction (float in [0, 1)).
-
-        validation: None, (X_val, Y_val), or a float in (0, 0.5): that fraction of the
-        given rows (a seeded random choice, at most 20,000 rows) is held out of training.
-        P@1 on ``eval_size`` of its rows (int, or None for all of them; a fixed random
-        sample) is computed every ``eval_every`` batches (default: 10 times per epoch, and at
-        least every 5% of a time budget, skipped while evaluations have taken more than
-        EVAL_SHARE of the time so far) and after the last batch, shown on the progress bar and
-        appended to ``self.history``. early_stopping: None or int patience: stop after that
-        many evaluations in a row without a better P@1. restore_best (default True, with
-        validation): at the end the weights of the best evaluation are put back (the Adam
-        moments stay the latest) and the tables rebuilt over them.
-
-        checkpoint: a path saved atomically every ``checkpoint_every`` batches (default:
-        each epoch) and at the end. KeyboardInterrupt stops after the current batch, leaving
-        the model consistent and the last checkpoint intact. ``self.history`` records: time
-        (training seconds, evaluations excluded, cumulative over fit calls), step, samples,
-        loss (moving average), lr, P@1. ``self.label_counts_`` accumulates training rows per label.
-
-        init: "centroid" (default) or "random", used only by the first fit of a new model:
-        "centroid" sets each output row with training rows to the hidden activation of its
-        label's L2-normalised feature centroid (PIFA, as PECOS clusters labels), unit length
-        times CENTROID_SCALE / the mean hidden norm, so training starts from a nearest-centroid
-        classifier instead of chance; labels without rows keep the random init.
-        rerank: True (default) ends fit with a FeatureReranker (hashlab.rerank: hashed per-label
-        linear weights over the input features, added to the MLP's top-32 logits; trained on the
-        training rows' shortlists, the MLP fixed), given hashlab.rerank.SHARE (25%) of
-        time_budget, and kept only if it does not lower validation P@1 (when validation is
-        given); ``predict_topk`` and ``evaluate`` then use it, ``rerank_report_`` says what it
-        did. Every fit call trains a new one on the model it leaves.
-        neighbours: True (default) then adds the label votes of the 30 training rows nearest in
-        hidden space to the top-32 (hashlab.neighbours.HiddenNeighbours: cosine, weighted by
-        cos ** 4), with the weight of the votes chosen on the validation rows (up to
-        hashlab.neighbours.SHARE, 10%, of time_budget, taken from the MLP's share) and dropped when
-        no weight raises validation P@1; needs validation rows (without them nothing is built).
-        It keeps the training rows' hidden activations (n, hidden[-1]) float32 and labels in
-        the model and its files: prediction then costs one more product against them.
-        ``neighbours_report_`` says what it did.
-        """
-        self._check_trainable()
-        X = _as_features(X, self.input_dim)
-        n = X.shape[0]
-        if n == 0:
-            raise ValueError("X: expected at least one row, got an empty data set")
-        Y = _as_labels(Y, n, self.output_dim)
-        if time_budget is not None:
-            time_budget = check_float(time_budget, "time_budget", 0.0, 1e9, lo_open=True)
-        if epochs is None:
-            epochs = DEFAULT_EPOCHS if time_budget is None else None
-        else:
-            epochs = check_int(epochs, "epochs", 0)
-        batch_size = check_int(batch_size, "batch_size", 1)
-        if eval_size is not None:
-            eval_size = check_int(eval_size, "eval_size", 1)
-        if early_stopping is not None:
-            early_stopping = check_int(early_stopping, "early_stopping", 1)
-            if validation is None:
-                raise ValueError("early_stopping: expected validation data (a tuple or a held-out fraction), got None")
-        lr_schedule = check_choice(lr_schedule, "lr_schedule", SCHEDULES)
-        warmup = check_float(warmup, "warmup", 0.0, 1.0, hi_open=True)
-        if checkpoint_every is not None:
-            checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
-        X, Y, val = self._split_validation(X, Y, validation, eval_size)
-        n = X.shape[0]
-        n_batches = -(-n // batch_size)
-        auto_eval = eval_every is None
-        if auto_eval:
-            eval_every = max(1, n_batches // 10)
-        else:
-            eval_every = check_int(eval_every, "eval_every", 1)
-        init = check_choice(init, "init", ("centroid", "random"))
-        for name, flag in (("rerank", rerank), ("neighbours", neighbours)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
-        # both score the MLP they were fitted on: refitted at the end
-        self.reranker = self.neighbours = None
-        t_start = time.perf_counter()
-        stages = (RERANK_SHARE if rerank else 0.0) + (_nb.SHARE if neighbours and val is not None else 0.0)
-        mlp_budget = None if time_budget is None else time_budget * (1 - stages)
-        clock = RunClock(None, mlp_budget)  # the budget covers the init and everything after it
-        if init == "centroid" and self.step == 0:
-            self._init_from_centroids(X, Y)
-        counts = np.bincount(Y.indices, minlength=self.output_dim).astype(np.int64)
-        self.label_counts_ = counts if self.label_counts_ is None else self.label_counts_ + counts
-        self.train_rows_ += n
-
-        from tqdm.auto import tqdm
-
-        interrupted = []
-        restore = None
-        if threading.current_thread() is threading.main_thread():
-            restore = signal.signal(signal.SIGINT, lambda *a: interrupted.append(True))
-        clock.total_batches = None if epochs is None else epochs * n_batches
-        stopper = EarlyStopping(early_stopping, restore_best and val is not None)
-        total = epochs * n if epochs is not None else None
-        bar = tqdm(total=total, unit="samples", disable=not verbose, dynamic_ncols=True)
-        seen, ema, eval_s = 0, None, 0.0  # eval_s: evaluation time, kept off the training clock
-        last_eval = 0.0
-        train_time, prior = (self.history[-1]["time"], self.history[-1]["samples"]) if self.history else (0.0, 0)
-        stop = False
-        try:
-            epoch = 0
-            while not stop and (epochs is None or epoch < epochs):
-                order = self._epoch_rng.permutation(n)
-                for b in range(n_batches):
-                    self._lr_scale = lr_factor(lr_schedule, clock.progress(), warmup)
-                    idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
-                    loss, _ = self._train_batch(X[idx], Y[idx])
-                    clock.batches += 1
-                    seen += idx.size
-                    ema = loss / idx.size if ema is None else 0.95 * ema + 0.05 * loss / idx.size
-                    bar.update(idx.size)
-                    out_of_time = clock.out_of_time()
-                    elapsed = clock.elapsed() - eval_s
-                    last = out_of_time or (epochs is not None and epoch == epochs - 1 and b == n_batches - 1)
-                    # with a budget: every 5% of it too
-                    by_time = time_budget is not None and elapsed - last_eval >= 0.05 * time_budget
-                    planned = (b + 1) % eval_every == 0 or b == n_batches - 1 or by_time
-                    if auto_eval and eval_s > EVAL_SHARE * clock.elapsed():
-                        planned = False
-                    due = val is not None and (planned or last)
-                    if due:
-                        last_eval = elapsed
-                    dt, p1 = self._report_progress(bar, val if due else None, ema, seen, elapsed, train_time, prior)
-                    eval_s += dt
-                    if p1 is not None and stopper.update(p1, self.step, self._weights):
-                        stop = True
-                    if checkpoint is not None and checkpoint_every is not None and self.step % checkpoint_every == 0:
-                        self.save(checkpoint)
-                    if interrupted:
-                        raise KeyboardInterrupt
-                    if stop or out_of_time:
-                        stop = True
-                        break
-                epoch += 1
-                if checkpoint is not None and checkpoint_every is None:
-                    self.save(checkpoint)
-        finally:
-            bar.close()
-            self._lr_scale = 1.0
-            if restore is not None:
-                signal.signal(signal.SIGINT, restore)
-        if stopper.snapshot is not None and stopper.best > self.history[-1]["P@1"]:
-            self._restore_weights(stopper.snapshot)
-            self.best_step_ = stopper.best_step
-        if rerank:
-            deadline = None if time_budget is None else \
-                t_start + time_budget * (1 - (_nb.SHARE if neighbours and val is not None else 0.0))
-            self.reranker, self.rerank_report_ = _fit_rerank_stage(self, X, Y, val, deadline, self.seed + 7)
-            if verbose:
-                r = self.rerank_report_
-                vals = f", val P@1 {r['val_P@1_without']:.4f} -> {r['val_P@1_with']:.4f}" if "val_P@1_with" in r else ""
-                print(f"re-ranker: {r['rows']} rows, {r['epochs']} epochs, {r['seconds']:.1f} s{vals}, "
-                      f"{'kept' if r['kept'] else 'not kept'}")
-        if neighbours:
-            deadline = None if time_budget is None else t_start + time_budget
-            self.neighbours, self.neighbours_report_ = _nb.fit_stage(self, X, Y, val, deadline)
-            if verbose and "val_P@1_with" in self.neighbours_report_:
-                r = self.neighbours_report_
-                print(f"neighbours: weight {r['weight']:g}, {r['seconds']:.1f} s, val P@1 "
-                      f"{r['val_P@1_without']:.4f} -> {r['val_P@1_with']:.4f}, {'kept' if r['kept'] else 'not kept'}")
-        if checkpoint is not None:
-            self.save(checkpoint)
-        return self
-
-    def _init_from_centroids(self, X, Y, block=16384):
-        """Output rows from the labels' feature centroids (see fit's init); X, Y canonical CSR."""
-        C = (Y.T.tocsr() @ X).tocsr()  # (output_dim, input_dim) sums of each label's rows
-        norms = np.sqrt(np.asarray(C.multiply(C).sum(1)).ravel())
-        has = np.flatnonzero(norms > 0)
-        if has.size == 0:
-            return
-        C = sp.diags((1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32)) @ C
-        h_norm = float(np.linalg.norm(self._hidden(X[:2000])[-1], axis=1).mean())
-        if not h_norm > 0:
-            return
-        for s in range(0, has.size, block):
-            ids = has[s:s + block]
-            E = self._hidden(C[ids].astype(np.float32))[-1]
-            n = np.linalg.norm(E, axis=1, keepdims=True)
-            ok = n[:, 0] > 0
-            self.out_w.w[ids[ok]] = E[ok] * np.float32(CENTROID_SCALE / h_norm) / n[ok]
-        self._build_tables()
-        if self.hash == "learned":
-            self._sched.clear()
-            self._sched.update(np.arange(self.output_dim), self.out_w.w)
-
-    def _weights(self):
-        """Every trained weight array (the order _restore_weights expects)."""
-        return [p.w for _, p in self._named_params()]
-
-    def _restore_weights(self, arrays):
-        """Puts back weights copied by _weights() and rebuilds the tables over them."""
-        for (_, p), a in zip(self._named_params(), arrays):
-            p.w[...] = a
-        self._build_tables()
-        if self.hash == "learned":
-            self._sched.clear()
-            self._sched.update(np.arange(self.output_dim), self.out_w.w)
-
-    def _report_progress(self, bar, val, ema, seen, elapsed, train_time, prior):
-        """Progress-bar figures; with val (X_val, Y_val), also P@1 appended to history (clock
-        stopped). Returns (seconds the evaluation took, P@1 or None)."""
-        post = {"loss": f"{ema:.3f}", "samples/s": f"{seen / max(elapsed, 1e-9):.0f}"}
-        te = time.perf_counter()
-        p1 = None
-        if val is not None:
-            p1 = self._precision_at_1(*val)
-            post["val P@1"] = f"{p1:.4f}"
-            self.history.append({"time": train_time + elapsed, "step": self.step, "samples": prior + seen,
-                                 "loss": ema, "lr": self.lr * self._lr_scale, "P@1": p1})
-        bar.set_postfix(post, refresh=False)
-        return time.perf_counter() - te, p1
-
-    def _split_validation(self, X, Y, validation, eval_size):
-        """(X, Y, validation) -> (training rows, their labels, (X_val, Y_val) sample or None).
-
-        validation: None, a tuple (X_val, Y_val), or a fraction of (X, Y) to hold out."""
-        if validation is None:
-            return X, Y, None
-        rng = np.random.default_rng(self.seed + 4)
-        if isinstance(validation, (float, np.floating)):
-            frac = check_float(validation, "validation", 0.0, 0.5, lo_open=True, hi_open=True)
-            n = X.shape[0]
-            n_val = min(MAX_HELD_OUT, max(1, int(round(frac * n))))
-            if n_val < 1 or n_val >= n:
-                raise ValueError(f"validation: a fraction {frac} of {n} rows holds out {n_val}; expected 1 to {n - 1}")
-            perm = rng.permutation(n)
-            held, kept = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-            Xv, Yv, X, Y = X[held], Y[held], X[kept], Y[kept]
-        elif isinstance(validation, (tuple, list)) and len(validation) == 2:
-            Xv = _as_features(validation[0], self.input_dim)
-            Yv = _as_labels(validation[1], Xv.shape[0], self.output_dim)
-        else:
-            raise TypeError(f"validation: expected a tuple (X_val, Y_val) or a float fraction, got "
-                            f"{type(validation).__name__}")
-        if eval_size is not None and eval_size < Xv.shape[0]:
-            sub = np.sort(rng.permutation(Xv.shape[0])[:eval_size])
-            Xv, Yv = Xv[sub], Yv[sub]
-        return X, Y, (Xv, Yv)
-
     def hidden_activations(self, X):
         """Last hidden layer of CSR rows X: (n, hidden[-1]) float32."""
         return self._hidden(_as_features(X, self.input_dim))[-1]
@@ -804,7 +458,7 @@ class SparseMLP:
         extra += stages
         return int(params + self.tables.nbytes + self._keys.nbytes + self._dirty.nbytes + extra)
 
-    # -- persistence ---------------------------------------------------------------------
+    # -- configuration and parameters (save and load: hashlab.slide_io) -------------------
     def _config(self):
         return dict(input_dim=self.input_dim, output_dim=self.output_dim, hidden=list(self.hidden),
                     activation=self.activation, hash=self.hash, k=self.k, l=self.l,
@@ -826,85 +480,6 @@ class SparseMLP:
                                "hash tables to train with; load a training checkpoint (written by save(path)) "
                                "to continue training")
 
-    def save(self, path, optimizer=True, dtype="float32"):
-        """Writes the model to ``path`` (.npz), atomically.
-
-        optimizer=True (default), a training checkpoint: weights, Adam moments, hash keys, the
-        rehash schedule, the learned hash's state and the shuffling rng, so that ``load`` then
-        ``fit`` continues exactly where training stopped. The LSH tables are stored as each
-        neuron's current keys and rebuilt at load; where a bucket had overflowed, the rebuilt
-        bucket keeps a different sample of its neurons.
-
-        optimizer=False, an inference-only file: weights and biases (no moments or hash keys:
-        under a third of a checkpoint's size in float32), the configuration, ``step``,
-        ``history``, ``label_counts_`` and ``train_rows_``.
-        ``load`` gives a model that predicts and evaluates (mode="lsh" builds its retriever from
-        the weights) and that ``fit`` refuses.
-
-        dtype : "float32" | "float16", the stored weights of an inference-only file. float16
-            halves the file again and rounds every weight and bias to float16 (relative error
-            <= 2**-11, absolute <= 2**-25 below 2**-14; loaded back as float32; ValueError if a
-            value is beyond float16's 65504). Checkpoints are float32 only.
-
-        Written to a temporary file in the same folder, then renamed, so an interrupted save
-        never damages an existing file.
-        """
-        path = os.fspath(path)
-        if not isinstance(optimizer, (bool, np.bool_)):
-            raise TypeError(f"optimizer: expected a bool, got {type(optimizer).__name__}")
-        dtype = check_choice(dtype, "dtype", SAVE_DTYPES)
-        if optimizer and dtype != "float32":
-            raise ValueError(f"dtype: expected 'float32' for a checkpoint (optimizer=True), got {dtype!r}")
-        if optimizer and self.inference_only:
-            raise RuntimeError("inference-only model (saved with optimizer=False): no optimizer state to "
-                               "checkpoint; use save(path, optimizer=False)")
-        if optimizer:
-            state, arrays = self._checkpoint_state()
-        else:
-            state = dict(format=FORMAT_VERSION, kind="inference", dtype=dtype, config=self._config(),
-                         step=self.step, history=self.history)
-            arrays = {}
-        counts = getattr(self, "label_counts_", None)
-        if counts is not None:  # with the rows they count: the propensities of PSP@k need both
-            arrays["label_counts"] = np.asarray(counts, dtype=np.int64)
-            state["train_rows"] = int(getattr(self, "train_rows_", 0))
-        rr = self.reranker
-        if rr is not None:
-            state["rerank"] = dict(bits=rr.bits, n_candidates=rr.n_candidates, lr=rr.lr)
-            arrays["rerank.V"], arrays["rerank.U"] = (rr.V, rr.U) if optimizer else \
-                (_stored_weights(rr.V, dtype, "rerank.V"), _stored_weights(rr.U, dtype, "rerank.U"))
-            if optimizer:
-                arrays["rerank.GV"], arrays["rerank.GU"] = rr.GV, rr.GU
-        if self.neighbours is not None:
-            store = (lambda a, name: a) if optimizer else (lambda a, name: _stored_weights(a, dtype, name))
-            state["neighbours"], extra = _nb.to_arrays(self.neighbours, store)
-            arrays.update(extra)
-        arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
-        for name, p in self._named_params():
-            if optimizer:
-                arrays[name + ".w"], arrays[name + ".m"], arrays[name + ".v"] = p.w, p.m, p.v
-            else:
-                arrays[name + ".w"] = _stored_weights(p.w, dtype, name)
-        atomic_savez(path, arrays)
-
-    def _checkpoint_state(self):
-        """(state dict, arrays) of a training checkpoint, weights and moments aside."""
-        state = dict(format=FORMAT_VERSION, kind="checkpoint", config=self._config(), step=self.step,
-                     rebuilds=self.rebuilds, next_rebuild=self._next_rebuild, period=self._period,
-                     history=self.history, epoch_rng=self._epoch_rng.bit_generator.state,
-                     range_bits=self._range_bits, refits=self.refits, rows_rehashed=self.rows_rehashed)
-        arrays = {"keys": self._keys, "dirty": self._dirty}
-        if self.hash == "learned":
-            h = self.hasher
-            state.update(qfill=self._qfill, drift_bits=self._sched._drift_bits, hash_fit_seconds=h.fit_seconds_,
-                         hash_fitted=self._hash_fitted,
-                         hash_loss_history=list(h.loss_history_))
-            arrays.update(hash_W=h.W, qbuf=self._qbuf, sched_ids=self._sched._ids,
-                          sched_codes=self._sched._codes, sched_base=self._sched._base)
-            if h._opt is not None:  # the hash's Adam state: later refits continue from it
-                arrays.update(hash_opt_m=h._opt["m"], hash_opt_v=h._opt["v"], hash_opt_t=np.int64(h._opt["t"]))
-        return state, arrays
-
     def _named_params(self):
         for i, p in enumerate(self.layers):
             yield f"layer{i}", p
@@ -921,119 +496,6 @@ class SparseMLP:
         shapes.update(out_w=(self.output_dim, self.hidden[-1]), out_b=(self.output_dim,))
         return shapes
 
-    @classmethod
-    def load(cls, path):
-        """Loads a file written by ``save``: a checkpoint (``fit`` then resumes where it stopped;
-        also format 1, written before inference-only files existed) or an inference-only file
-        (``inference_only`` is True; weights stored as float16 come back as float32).
-
-        Raises FileNotFoundError for a missing file and ValueError naming the file for anything
-        that is not a complete model of this format: another format version, a damaged or
-        truncated file, an .npz from elsewhere, a missing array, a shape that does not match
-        the stored configuration.
-        """
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"expected a model file, got a folder: {path}")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no such model file: {path}")
-        try:
-            with open(path, "rb") as f:
-                if f.read(4) != b"PK\x03\x04":  # what every non-empty .npz (a zip archive) starts with
-                    raise _BadModelFile("not a hashlab model file (not an .npz archive)")
-            with np.load(path, allow_pickle=False) as z:
-                return cls._from_npz(z)
-        except _BadModelFile as e:
-            raise ValueError(f"{path}: {e}") from None
-        except (ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            # a damaged archive (bad CRC, cut short) or a state that does not decode
-            raise ValueError(f"{path}: cannot read the model ({type(e).__name__}: {e}); the file is damaged, "
-                             "truncated or not written by SparseMLP.save") from None
-
-    @classmethod
-    def _from_npz(cls, z):
-        """The model stored in the open archive z; raises _BadModelFile or a decoding error."""
-        if "state" not in z.files:
-            raise _BadModelFile("not a hashlab model file (no 'state' entry)")
-        state = json.loads(bytes(_entry(z, "state", (None,), "u")).decode())
-        if not isinstance(state, dict) or "format" not in state:
-            raise _BadModelFile("not a hashlab model file (no format in its state)")
-        fmt = state["format"]
-        if not isinstance(fmt, int) or fmt not in range(1, FORMAT_VERSION + 1):
-            newer = " (written by a newer hashlab?)" if isinstance(fmt, int) and fmt > FORMAT_VERSION else ""
-            raise _BadModelFile(f"expected model format 1 to {FORMAT_VERSION}, got {fmt!r}{newer}")
-        kind = state.get("kind", "checkpoint")  # format 1 files are all checkpoints
-        if kind not in ("checkpoint", "inference"):
-            raise _BadModelFile(f"expected kind 'checkpoint' or 'inference', got {kind!r}")
-        model = cls.__new__(cls)
-        model._configure(**state["config"])
-        model.step, model.history = int(state["step"]), list(state["history"])
-        shapes = model._param_shapes()
-        trainable = kind == "checkpoint"
-        params = {}
-        for name, shape in shapes.items():
-            p = _Adam.__new__(_Adam) if trainable else _Weights.__new__(_Weights)
-            for part in "wmv" if trainable else "w":
-                setattr(p, part, np.ascontiguousarray(_entry(z, f"{name}.{part}", shape, "f"), dtype=np.float32))
-            params[name] = p
-        n_hidden = len(model.hidden)
-        model.layers = [params[f"layer{i}"] for i in range(n_hidden)]
-        model.biases = [params[f"bias{i}"] for i in range(n_hidden)]
-        model.out_w, model.out_b = params["out_w"], params["out_b"]
-        model.label_counts_, model.train_rows_ = None, 0
-        if "label_counts" in z.files:
-            counts = _entry(z, "label_counts", (model.output_dim,), "iu").astype(np.int64)
-            if counts.size and counts.min() < 0:
-                raise _BadModelFile("label_counts: expected non-negative counts")
-            model.label_counts_, model.train_rows_ = counts, int(state.get("train_rows", 0))
-        model.reranker = _stored_reranker(z, state, model.output_dim, trainable)
-        model.neighbours = _nb.from_arrays(z, state, model.output_dim, model.hidden[-1], _entry, _BadModelFile)
-        if trainable:
-            model._restore_training(z, state)
-        else:  # no tables, keys or learned-hash state: prediction needs none of them
-            model.tables = model._keys = model._dirty = None
-            if model.hash == "learned":
-                model._sched = model._qbuf = None
-        return model
-
-    def _restore_training(self, z, state):
-        """The rehash schedule, rng, hash keys (tables rebuilt from them) and learned-hash state
-        of a checkpoint."""
-        self.rebuilds, self._next_rebuild, self._period = state["rebuilds"], state["next_rebuild"], state["period"]
-        self._range_bits = state["range_bits"]
-        self._epoch_rng.bit_generator.state = state["epoch_rng"]
-        self.refits, self.rows_rehashed = state.get("refits", 0), state.get("rows_rehashed", 0)
-        keys = np.ascontiguousarray(_entry(z, "keys", (self.output_dim, self.l), "u"), dtype=np.uint32)
-        dirty = np.ascontiguousarray(_entry(z, "dirty", (self.output_dim,), "u"), dtype=np.uint8)
-        if self.hash == "learned":
-            self._restore_learned(z, state)
-        self._build_tables(keys)
-        self._dirty = dirty
-
-    def _restore_learned(self, z, state):
-        """The learned hasher, the drift fingerprints and the query buffer of a checkpoint."""
-        need = ("hash_W", "qbuf", "sched_ids", "sched_codes", "sched_base")
-        if any(name not in z.files for name in need):
-            raise _BadModelFile("a hash='learned' checkpoint without its learned hash state")
-        self.hasher = self._make_hasher()
-        self.hasher._set_W(np.asarray(_entry(z, "hash_W", self.hasher.W.shape, "f")))
-        self.hasher.fit_seconds_ = float(state["hash_fit_seconds"])
-        self.hasher.loss_history_ = [float(v) for v in state["hash_loss_history"]]
-        self._hash_fitted = bool(state.get("hash_fitted", self.hasher.loss_history_))
-        if "hash_opt_m" in z.files:
-            shape = (self.hasher.dim, self.hasher.nbits)
-            m = np.asarray(_entry(z, "hash_opt_m", shape, "f"), np.float64)
-            v = np.asarray(_entry(z, "hash_opt_v", shape, "f"), np.float64)
-            self.hasher._opt = dict(m=m, v=v, t=int(_entry(z, "hash_opt_t", (), "iu")))
-        self._qbuf = np.ascontiguousarray(_entry(z, "qbuf", self._qbuf.shape, "f"), dtype=np.float32)
-        self._qfill = int(state["qfill"])
-        s = self._sched
-        s._ids, s._codes, s._base = (np.asarray(z["sched_ids"], np.int64), np.asarray(z["sched_codes"], np.uint32),
-                                     np.asarray(z["sched_base"], np.uint32))
-        if not (s._ids.ndim == 1 and s._ids.shape == s._codes.shape == s._base.shape):
-            raise _BadModelFile("drift fingerprints have mismatched shapes")
-        s._drift_bits = int(state["drift_bits"])
-
     def to_torch(self):
         """A dense torch.nn.Module with the same weights (see hashlab.torch.SparseMLPModule): the
         MLP's logits, without the feature re-ranker (``reranker`` re-scores their top 32)."""
@@ -1043,82 +505,6 @@ class SparseMLP:
     def __repr__(self):
         return (f"SparseMLP(input_dim={self.input_dim}, output_dim={self.output_dim}, hidden={self.hidden}, "
                 f"hash={self.hash!r}, k={self.k}, l={self.l}, target_active={self.target_active}, step={self.step})")
-
-
-def atomic_savez(path, arrays):
-    """np.savez of a dict of arrays to path through a temporary file in the same folder,
-    fsynced then renamed over path: a reader or a crash never sees a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".hashlab-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-class _BadModelFile(ValueError):
-    """A model file that is not a complete model of this format (load adds the path)."""
-
-
-class _Weights:
-    """A parameter of an inference-only model: weights (float32, C-contiguous), no moments."""
-
-    m = v = None
-
-    def __init__(self, w):
-        self.w = np.ascontiguousarray(w, dtype=np.float32)
-
-    @property
-    def nbytes(self):
-        return self.w.nbytes
-
-
-def _stored_weights(w, dtype, name):
-    """w as an inference-only file stores it: as is (float32) or rounded to float16."""
-    if dtype == "float32":
-        return w
-    with np.errstate(over="ignore"):
-        w16 = w.astype(np.float16)
-    if np.isinf(w16).any() and not np.isinf(w).any():
-        raise ValueError(f"dtype: expected weights within float16's range (|w| <= 65504), got max |{name}| = "
-                         f"{float(np.abs(w).max()):.4g}; save with dtype='float32'")
-    return w16
-
-
-def _stored_reranker(z, state, n_labels, trainable):
-    """The FeatureReranker stored in the open archive z (None if it has none)."""
-    cfg = state.get("rerank")
-    if cfg is None:
-        return None
-    rr = FeatureReranker.__new__(FeatureReranker)
-    rr.n_labels, rr.bits, rr.n_candidates, rr.lr = n_labels, int(cfg["bits"]), int(cfg["n_candidates"]), float(cfg["lr"])
-    shapes = {"V": (1 << rr.bits,), "U": (n_labels,)}
-    for part in ("V", "U", "GV", "GU") if trainable else ("V", "U"):
-        arr = _entry(z, f"rerank.{part}", shapes[part.lstrip("G")], "f")
-        setattr(rr, part, np.ascontiguousarray(arr, dtype=np.float32))
-    if not trainable:
-        rr.GV = rr.GU = None
-    return rr
-
-
-def _entry(z, name, shape, kinds):
-    """Array ``name`` of the open archive z with the given shape (None: any length) and dtype kind
-    (a string of numpy kind codes), else _BadModelFile."""
-    if name not in z.files:
-        raise _BadModelFile(f"missing array {name!r}")
-    a = z[name]
-    if a.dtype.kind not in kinds:
-        raise _BadModelFile(f"{name}: expected dtype kind {kinds!r}, got {a.dtype}")
-    if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
-        want = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-        raise _BadModelFile(f"{name} has shape {a.shape}, expected {want}")
-    return a
 
 
 def _precision(top, Y, ks):
