@@ -763,7 +763,7 @@ def test_table_bits_layout():
 
 
 def _profile_brute(Q, K, sinks, window, scale, n_probe):
-    from hashlab.attention import _COS_BINS
+    from hashlab.attention_budget import _COS_BINS
 
     H, P, _ = Q.shape
     Hkv, t, _ = K.shape
@@ -787,7 +787,7 @@ def _profile_brute(Q, K, sinks, window, scale, n_probe):
 
 
 def test_prompt_profile_against_brute_force():
-    from hashlab.attention import expected_sampled_fraction, prompt_profile
+    from hashlab.attention_budget import expected_sampled_fraction, prompt_profile
 
     rng = np.random.default_rng(3)
     K = rng.standard_normal((2, 70, 7)).astype(np.float32) + 0.5
@@ -815,7 +815,7 @@ def test_prompt_profile_against_brute_force():
 
 
 def test_allocate_min_collisions_shares_the_budget_by_mass():
-    from hashlab.attention import allocate_min_collisions, expected_sampled_fraction, prompt_profile
+    from hashlab.attention_budget import allocate_min_collisions, expected_sampled_fraction, prompt_profile
 
     rng = np.random.default_rng(4)
     K = rng.standard_normal((1, 400, 16)).astype(np.float32)

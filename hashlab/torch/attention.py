@@ -311,7 +311,7 @@ def _build_indexes(params: LSHAttentionParams, key, value, layer_idx: int, valid
     q = _np32(query) if params.learned else None
     profile = profiles is not None and params.target_touched is not None and query is not None
     if profile:
-        from ..attention import prompt_profile
+        from ..attention_budget import prompt_profile
     indexes = []
     for b in range(B):
         index = params.new_index(D, H_kv, layer_idx)
@@ -340,7 +340,7 @@ def _allocate_budget(params: LSHAttentionParams, layers):
     """target_touched: re-choose min_collisions of every (layer_idx, indexes, profiles) in ``layers``,
     per batch element, sharing the budget by attention mass (layers whose layer_params set
     min_collisions, and elements without a profile, keep theirs)."""
-    from ..attention import allocate_min_collisions
+    from ..attention_budget import allocate_min_collisions
 
     fixed = {i for i, over in params.layer_params if "min_collisions" in dict(over)}
     layers = [(i, ix, pr) for i, ix, pr in layers if i not in fixed and pr is not None]
