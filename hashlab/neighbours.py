@@ -135,8 +135,7 @@ class HiddenNeighbours:
         zero when no neighbour has a positive cosine)."""
         ids, cos = self.neighbours(Hq)
         m, kn = ids.shape
-        w = np.maximum(cos, 0).astype(np.float64) ** self.power
-        w[cos <= 0] = 0.0
+        w = np.where(cos > 0, np.maximum(cos, 0).astype(np.float64) ** self.power, 0.0)  # 0 ** 0 stays 0
         Wm = sp.csr_matrix((w.ravel(), ids.ravel(), np.arange(0, m * kn + 1, kn)), shape=(m, self.H.shape[0]))
         V = (Wm @ self.Y).tocsr()
         tot = np.asarray(V.sum(axis=1)).ravel()
@@ -157,7 +156,8 @@ class HiddenNeighbours:
 
 
 def _csr_topk(Z, k):
-    """Top-k per row of a CSR matrix with non-negative entries (ties to the lower column id;
+    """Top-k per row of a CSR matrix with non-negative entries (ties to the lower column id,
+    also at the k-th place, which hashlab.retrieval.csr_topk's partition does not promise;
     missing entries count as 0, so rows with fewer than k stored are padded with the lowest
     unused column ids): (values (m, k) float32, columns (m, k) int64)."""
     m, n = Z.shape
