@@ -11,10 +11,11 @@ def reference(H, W, b, k):
     return np.take_along_axis(S, order, 1), order
 
 
-@pytest.mark.parametrize("n,L,d,k", [(1, 1, 1, 1), (7, 33, 5, 3), (300, 5000, 17, 5), (3, 10, 4, 10)])
+@pytest.mark.parametrize("n,L,d,k", [(1, 1, 1, 1), (7, 33, 5, 3), (300, 5000, 17, 5), (3, 10, 4, 10), (1100, 40, 6, 4)])
 @pytest.mark.parametrize("ties", [False, True])
 def test_matches_full_sort(n, L, d, k, ties, monkeypatch):
     monkeypatch.setattr(topk, "BLOCK_BYTES", 4096)  # many label blocks, a partial last one
+    # n = 1100: three row blocks of BLOCK_ROWS (512), a partial last one
     rng = np.random.default_rng(n + L)
     if ties:  # small integers: exact products, many equal scores
         H = rng.integers(-2, 3, (n, d)).astype(np.float32)
