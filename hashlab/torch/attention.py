@@ -69,8 +69,8 @@ profiler, hashlab/bench/decode_profile.py) still reaches the attention function'
 from __future__ import annotations
 
 import sys
-import types
 
+from .._forwarding import ForwardingModule
 from . import attention_decode, attention_hf, attention_hf_cache, attention_module, attention_params
 from .attention_decode import (_N_PROBE, _Stats, _allocate_budget, _build_indexes, _np32,  # noqa: F401
                                _valid_key_mask, lsh_decode)
@@ -96,13 +96,4 @@ def __getattr__(name):  # PEP 562: the transformers-backed classes exist once tr
         return _hf_classes()[1]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-class _ForwardingModule(types.ModuleType):
-    def __setattr__(self, name, value):
-        for part in _PARTS:
-            if name in vars(part):
-                setattr(part, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _ForwardingModule
+sys.modules[__name__].__class__ = ForwardingModule
