@@ -25,8 +25,8 @@ from hashlab.attention import LSHKVIndex  # noqa: E402
 from hashlab.torch import (LSHAttention, LSHAttentionParams, LSHCache, disable_lsh_attention,  # noqa: E402
                            enable_lsh_attention, is_lsh_attention_enabled)
 from hashlab.torch.attention import SUPPORTED_TRANSFORMERS  # noqa: E402
+from _attention_reference import ORDERS32, np_dense32  # noqa: E402
 from _tolerance import assert_close_to_f64  # noqa: E402
-from test_attention import ORDERS32, np_dense32  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # small dense parts so that most prompt keys go through the sampler
