@@ -17,9 +17,9 @@ changes the chunk size load_xmc reads.
 from __future__ import annotations
 
 import sys
-import types
 
 from . import csr, synthetic, xmc_format, xmc_parser
+from ._forwarding import ForwardingModule
 from .csr import _INT32_MAX, _canonicalize, _csr, _num_threads, labels_to_csr  # noqa: F401
 from .synthetic import (PRESETS, _alias, _build_alias, _compact, _draw, _generate_rows, _isort,  # noqa: F401
                         _isort2, _rand, _rand64, make_preset, make_xmc)
@@ -34,13 +34,4 @@ __all__ = ["load_xmc", "save_xmc", "make_xmc", "make_preset", "labels_to_csr", "
 
 _PARTS = (csr, xmc_parser, xmc_format, synthetic)
 
-
-class _ForwardingModule(types.ModuleType):
-    def __setattr__(self, name, value):
-        for part in _PARTS:
-            if name in vars(part):
-                setattr(part, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _ForwardingModule
+sys.modules[__name__].__class__ = ForwardingModule

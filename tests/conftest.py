@@ -42,6 +42,14 @@ def each_simd():
 
 
 @pytest.fixture
+def restore_simd():
+    """The SIMD level in force before the test (forced or auto) is restored after it."""
+    before = _C.simd_level() if _C.simd_forced() else "auto"
+    yield
+    _C.set_simd_level(before)
+
+
+@pytest.fixture
 def threads():
     """Yields hashlab.set_num_threads; the thread count in force before the test is restored after it."""
     before = hashlab.get_num_threads()

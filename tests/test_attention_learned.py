@@ -16,9 +16,9 @@ import math
 import numpy as np
 import pytest
 
+from _attention_reference import ORDERS32, np_dense, np_dense32, rowdot32  # the dense references
 from _tolerance import U, assert_close_to_f64, assert_within, gamma
 from hashlab.attention import LSHKVIndex, _bf16_to_f32, _f32_to_bf16, fit_key_transform, sampling_probability
-from test_attention import ORDERS32, np_dense, np_dense32, rowdot32  # the dense references
 
 pytest.importorskip("torch")
 

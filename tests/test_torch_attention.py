@@ -25,8 +25,8 @@ from hashlab.attention import LSHKVIndex  # noqa: E402
 from hashlab.torch import (LSHAttention, LSHAttentionParams, LSHCache, disable_lsh_attention,  # noqa: E402
                            enable_lsh_attention, is_lsh_attention_enabled)
 from hashlab.torch.attention import SUPPORTED_TRANSFORMERS  # noqa: E402
+from _attention_reference import ORDERS32, np_dense32  # noqa: E402
 from _tolerance import assert_close_to_f64  # noqa: E402
-from test_attention import ORDERS32, np_dense32  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # small dense parts so that most prompt keys go through the sampler
@@ -260,6 +260,34 @@ def test_beam_search_and_crop_are_refused(tiny, prompt):
         assert out.shape == (1, 93)
     finally:
         disable_lsh_attention(tiny)
+
+
+def test_assigning_lsh_decode_on_the_attention_module_reaches_both_decode_paths(tiny, prompt, monkeypatch):
+    # the decode profiler (hashlab/bench/decode_profile.py) times decode by assigning
+    # hashlab.torch.attention.lsh_decode; its callers live in attention_hf.py and attention_module.py
+    import hashlab.torch.attention as hta
+    from hashlab.torch import attention_hf, attention_module
+
+    real, steps = hta.lsh_decode, []
+
+    def counted(indexes, query, *args, **kwargs):
+        steps.append(query.shape[2])
+        return real(indexes, query, *args, **kwargs)
+
+    monkeypatch.setattr(hta, "lsh_decode", counted)
+    enable_lsh_attention(tiny, dense_layers=(), **SAMPLED)
+    try:
+        _greedy(tiny, prompt, n=3)
+    finally:
+        disable_lsh_attention(tiny)
+    assert steps == [1] * 4  # 2 decode steps (the first new token comes from the prefill) x 2 LSH layers
+    module = LSHAttention(4, 2, 16, **SAMPLED)
+    q, k = torch.randn(1, 4, 20, 16), torch.randn(1, 2, 20, 16)
+    module(q, k, k)  # the prefill: dense
+    module(q[:, :, :2], k[:, :, :2], k[:, :, :2])
+    assert steps == [1] * 4 + [2]
+    monkeypatch.undo()
+    assert hta.lsh_decode is attention_hf.lsh_decode is attention_module.lsh_decode is real
 
 
 # ---------------------------------------------------------------------------------------------
