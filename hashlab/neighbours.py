@@ -7,10 +7,11 @@ row x with last hidden activation h (L2-normalised), ``HiddenNeighbours`` takes 
 max(cos, 0) ** ``power`` and sums their label indicators, normalised to sum 1 per row (the
 votes). Predictions rank the labels by
 
-    softmax(shortlist logits)[c] + weight * votes[c]
+    prob(shortlist scores)[c] + weight * votes[c]
 
 over the union of the MLP's shortlist (its top max(k, 32), re-ranked when fit's re-ranker
-is kept) and the voted labels. ``weight`` is chosen by fit on the validation rows
+is kept) and the voted labels, prob being the softmax over the shortlist of the MLP's logits
+or the sigmoid of the (logistic) re-ranker's, label by label (``link``). ``weight`` is chosen by fit on the validation rows
 (``fit_stage``), and the stage is dropped when no weight improves validation P@1.
 Measured (benchmarks/README.md, "What was tried"): Debian Depends test P@1 0.733 -> 0.756,
 P@5 0.360 -> 0.372 at a 15.4 s budget.
@@ -142,17 +143,19 @@ class HiddenNeighbours:
         V = sp.diags(np.where(tot > 0, 1.0 / np.maximum(tot, 1e-300), 0.0)) @ V
         return sp.csr_matrix(V, dtype=np.float32)
 
-    def blend(self, Hq, scores, labels, k, weight=None):
-        """Top-k of softmax(scores) + weight * votes over each row's shortlist and voted labels.
+    def blend(self, Hq, scores, labels, k, weight=None, link="softmax"):
+        """Top-k of prob(scores) + weight * votes over each row's shortlist and voted labels.
 
         Hq (m, d) hidden activations; scores, labels (m, C) float32 / int64 the shortlist's
-        logits and label ids (C >= 1, distinct per row); weight: None for self.weight.
+        logits and label ids (C >= 1, distinct per row); weight: None for self.weight; link:
+        "softmax" (prob = the softmax over the row's C scores) or "sigmoid" (prob = 1 / (1 +
+        e^-score), per label: a logistic re-ranker's scores).
         Returns (combined scores (m, k') float32, labels (m, k') int64), best first, ties to
         the lower label id, k' = min(k, n_labels); rows with fewer than k' labels in the
         union are filled with the lowest unused ids at score 0."""
         weight = self.weight if weight is None else float(weight)
         votes = self.votes(Hq) if weight > 0 else None
-        return _blend_votes(scores, labels, votes, weight, self.n_labels, min(k, self.n_labels))
+        return _blend_votes(scores, labels, votes, weight, self.n_labels, min(k, self.n_labels), link)
 
 
 def _csr_topk(Z, k):
@@ -188,6 +191,7 @@ def fit_stage(model, X, Y, val, deadline):
         return None, report
     nb = HiddenNeighbours(model.hidden_activations(X), Y)
     Xv, Yv = val
+    link = "softmax" if model.reranker is None else model.reranker.link
     parts = []
     for s in range(0, Xv.shape[0], _VAL_BLOCK):
         if parts and deadline is not None and time.perf_counter() >= deadline:
@@ -202,7 +206,7 @@ def fit_stage(model, X, Y, val, deadline):
     best, best_w = base, 0.0
     report["val_P@1_by_weight"] = by_weight = {}
     for w in WEIGHTS:
-        _, top = _blend_votes(sc, lb, votes, w, nb.n_labels, 1)
+        _, top = _blend_votes(sc, lb, votes, w, nb.n_labels, 1, link)
         p1 = _p1_of(top, Yv)
         by_weight[w] = p1
         if p1 > best:
@@ -213,13 +217,18 @@ def fit_stage(model, X, Y, val, deadline):
     return (nb if best_w > 0 else None), report
 
 
-def _blend_votes(scores, labels, votes, weight, n_labels, k):
+def _blend_votes(scores, labels, votes, weight, n_labels, k, link="softmax"):
     """HiddenNeighbours.blend with the votes (m, n_labels) CSR given (None when weight is 0)."""
+    if link not in ("softmax", "sigmoid"):
+        raise ValueError(f"link: expected 'softmax' or 'sigmoid', got {link!r}")
     scores = np.asarray(scores, np.float64)
     labels = np.asarray(labels, np.int64)
     m, C = labels.shape
-    p = np.exp(scores - scores.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
+    if link == "sigmoid":
+        p = 0.5 * (1.0 + np.tanh(0.5 * scores))  # = 1 / (1 + e^-s), without overflow
+    else:
+        p = np.exp(scores - scores.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
     Z = sp.csr_matrix((p.ravel(), labels.ravel(), np.arange(0, m * C + 1, C)), shape=(m, n_labels))
     if weight > 0:
         Z = (Z + weight * votes).tocsr()

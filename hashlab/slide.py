@@ -53,7 +53,6 @@ from .wta import DWTAHash
 # Re-exported: SparseMLP's file format (hashlab.slide_io), training loop (hashlab.slide_fit), inputs
 # (hashlab.slide_data) and parameters (hashlab.slide_weights) live in modules of their own; code
 # imports these names from here.
-from .rerank import SHARE as RERANK_SHARE  # noqa: F401
 from .slide_fit import (CENTROID_SCALE, DEFAULT_BATCH, DEFAULT_EPOCHS, EVAL_SHARE,  # noqa: F401
                         MAX_HELD_OUT)
 from .slide_io import (FORMAT_VERSION, SAVE_DTYPES, _BadModelFile, _entry, _stored_reranker,  # noqa: F401
@@ -380,9 +379,10 @@ class SparseMLP(_Training, _ModelFile):
         OutputRetriever over the output layer returns (hashlab.retrieval, built on first
         use and after training steps), falling back to dense scoring for rows with fewer
         than k candidates. With a re-ranker (fit's rerank), the top max(k, 32) so found are
-        re-scored by it; with neighbours (fit's neighbours), the top max(k, 32) then get the
-        label votes of the nearest training rows added (hashlab.neighbours: the returned
-        scores are then softmax probabilities plus weighted votes, not logits). Returns
+        re-scored by it (hashlab.rerank: the scores are then its logits z); with neighbours
+        (fit's neighbours), the top max(k, 32) then get the label votes of the nearest training
+        rows added (hashlab.neighbours: the returned scores are then probabilities, the
+        re-ranker's sigmoid(z) or the softmax of the MLP's logits, plus weighted votes). Returns
         (scores float32 (n, k), labels int64 (n, k)), best first; ties go to the lower label id.
         """
         return self._predict(X, k, mode, batch_size, True)
@@ -412,7 +412,7 @@ class SparseMLP(_Training, _ModelFile):
             if rr is not None:
                 sc, lb = rr.rerank(Xb, sc, lb, short if nb is not None else k)
             if nb is not None:
-                sc, lb = nb.blend(H, sc, lb, k)
+                sc, lb = nb.blend(H, sc, lb, k, link="softmax" if rr is None else rr.link)
             scores[s:s + batch_size], labels[s:s + batch_size] = sc, lb
         return scores, labels
 

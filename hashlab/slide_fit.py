@@ -13,8 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._validate import check_choice, check_float, check_int
-from .rerank import SHARE as RERANK_SHARE
 from .rerank import fit_stage as _fit_rerank_stage
+from .rerank import reserve as _rerank_reserve
 from . import neighbours as _nb
 from .slide_data import _as_features, _as_labels
 from .train_control import SCHEDULES, EarlyStopping, RunClock, lr_factor
@@ -72,9 +72,10 @@ class _Training:
         times CENTROID_SCALE / the mean hidden norm, so training starts from a nearest-centroid
         classifier instead of chance; labels without rows keep the random init.
         rerank: True (default) ends fit with a FeatureReranker (hashlab.rerank: hashed per-label
-        linear weights over the input features, added to the MLP's top-32 logits; trained on the
-        training rows' shortlists, the MLP fixed), given hashlab.rerank.SHARE (25%) of
-        time_budget, and kept only if it does not lower validation P@1 (when validation is
+        linear weights over the input features and a scaled copy of the MLP's logits, one logistic
+        output per label of the MLP's top 32; trained on the training rows' shortlists, the MLP
+        fixed), given hashlab.rerank.SHARE (40%) of time_budget (less when a sample of rows
+        shows it needs less: hashlab.rerank.reserve), and kept only if it does not lower validation P@1 (when validation is
         given); ``predict_topk`` and ``evaluate`` then use it, ``rerank_report_`` says what it
         did. Every fit call trains a new one on the model it leaves.
         neighbours: True (default) then adds the label votes of the 30 training rows nearest in
@@ -124,8 +125,13 @@ class _Training:
         # both score the MLP they were fitted on: refitted at the end
         self.reranker = self.neighbours = None
         t_start = time.perf_counter()
-        stages = (RERANK_SHARE if rerank else 0.0) + (_nb.SHARE if neighbours and val is not None else 0.0)
-        mlp_budget = None if time_budget is None else time_budget * (1 - stages)
+        mlp_budget = nb_reserve = None
+        if time_budget is not None:
+            nb_reserve = _nb.SHARE * time_budget if neighbours and val is not None else 0.0
+            # the re-ranker's share, or less when a sample says it needs less (small data sets)
+            rr_reserve = _rerank_reserve(self, X, Y, 0 if val is None else val[0].shape[0], time_budget) \
+                if rerank else 0.0
+            mlp_budget = max(0.0, time_budget - nb_reserve - rr_reserve - (time.perf_counter() - t_start))
         clock = RunClock(None, mlp_budget)  # the budget covers the init and everything after it
         if init == "centroid" and self.step == 0:
             self._init_from_centroids(X, Y)
@@ -193,8 +199,7 @@ class _Training:
             self._restore_weights(stopper.snapshot)
             self.best_step_ = stopper.best_step
         if rerank:
-            deadline = None if time_budget is None else \
-                t_start + time_budget * (1 - (_nb.SHARE if neighbours and val is not None else 0.0))
+            deadline = None if time_budget is None else t_start + time_budget - nb_reserve
             self.reranker, self.rerank_report_ = _fit_rerank_stage(self, X, Y, val, deadline, self.seed + 7)
             if verbose:
                 r = self.rerank_report_

@@ -17,10 +17,12 @@ import numpy as np
 
 from ._validate import check_choice
 from . import neighbours as _nb
-from .rerank import FeatureReranker
+from .rerank import AB_INIT, LOSSES, FeatureReranker
 from .slide_weights import _Adam
 
-FORMAT_VERSION = 4  # 2: a "kind", checkpoint or inference-only; 3: the feature re-ranker; 4: neighbours; 1-3 load
+# 2: a "kind", checkpoint or inference-only; 3: the feature re-ranker; 4: neighbours; 5: the
+# logistic re-ranker (its loss and scalars a, b); 1-4 load (their re-rankers are softmax ones)
+FORMAT_VERSION = 5
 SAVE_DTYPES = ("float32", "float16")  # weights of an inference-only file
 
 
@@ -71,11 +73,12 @@ class _ModelFile:
             state["train_rows"] = int(getattr(self, "train_rows_", 0))
         rr = self.reranker
         if rr is not None:
-            state["rerank"] = dict(bits=rr.bits, n_candidates=rr.n_candidates, lr=rr.lr)
+            state["rerank"] = dict(bits=rr.bits, n_candidates=rr.n_candidates, lr=rr.lr, loss=rr.loss)
             arrays["rerank.V"], arrays["rerank.U"] = (rr.V, rr.U) if optimizer else \
                 (_stored_weights(rr.V, dtype, "rerank.V"), _stored_weights(rr.U, dtype, "rerank.U"))
+            arrays["rerank.ab"] = rr.ab  # two float64 scalars: kept exact in every dtype
             if optimizer:
-                arrays["rerank.GV"], arrays["rerank.GU"] = rr.GV, rr.GU
+                arrays["rerank.GV"], arrays["rerank.GU"], arrays["rerank.Gab"] = rr.GV, rr.GU, rr.Gab
         if self.neighbours is not None:
             store = (lambda a, name: a) if optimizer else (lambda a, name: _stored_weights(a, dtype, name))
             state["neighbours"], extra = _nb.to_arrays(self.neighbours, store)
@@ -171,7 +174,7 @@ class _ModelFile:
             if counts.size and counts.min() < 0:
                 raise _BadModelFile("label_counts: expected non-negative counts")
             model.label_counts_, model.train_rows_ = counts, int(state.get("train_rows", 0))
-        model.reranker = _stored_reranker(z, state, model.output_dim, trainable)
+        model.reranker = _stored_reranker(z, state, model.output_dim, trainable, fmt)
         model.neighbours = _nb.from_arrays(z, state, model.output_dim, model.hidden[-1], _entry, _BadModelFile)
         if trainable:
             model._restore_training(z, state)
@@ -266,19 +269,25 @@ def _stored_weights(w, dtype, name):
     return w16
 
 
-def _stored_reranker(z, state, n_labels, trainable):
-    """The FeatureReranker stored in the open archive z (None if it has none)."""
+def _stored_reranker(z, state, n_labels, trainable, fmt):
+    """The FeatureReranker stored in the open archive z (None if it has none); format ``fmt``."""
     cfg = state.get("rerank")
     if cfg is None:
         return None
     rr = FeatureReranker.__new__(FeatureReranker)
     rr.n_labels, rr.bits, rr.n_candidates, rr.lr = n_labels, int(cfg["bits"]), int(cfg["n_candidates"]), float(cfg["lr"])
-    shapes = {"V": (1 << rr.bits,), "U": (n_labels,)}
-    for part in ("V", "U", "GV", "GU") if trainable else ("V", "U"):
-        arr = _entry(z, f"rerank.{part}", shapes[part.lstrip("G")], "f")
-        setattr(rr, part, np.ascontiguousarray(arr, dtype=np.float32))
+    rr.loss = cfg.get("loss", "softmax") if fmt >= 5 else "softmax"  # before 5: softmax only
+    if rr.loss not in LOSSES:
+        raise _BadModelFile(f"rerank: expected a loss in {LOSSES}, got {rr.loss!r}")
+    shapes = {"V": (1 << rr.bits,), "U": (n_labels,), "ab": (2,)}
+    parts = ("V", "U") + (("ab",) if fmt >= 5 else ())
+    for part in parts + tuple("G" + p for p in parts) if trainable else parts:
+        arr = _entry(z, f"rerank.{part}", shapes[part[1:] if part.startswith("G") else part], "f")
+        setattr(rr, part, np.ascontiguousarray(arr, dtype=np.float64 if part.endswith("ab") else np.float32))
+    if fmt < 5:
+        rr.ab, rr.Gab = np.array(AB_INIT, np.float64), np.zeros(2, np.float64)
     if not trainable:
-        rr.GV = rr.GU = None
+        rr.GV = rr.GU = rr.Gab = None
     return rr
 
 

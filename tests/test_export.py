@@ -55,9 +55,10 @@ def test_inference_file_holds_weights_and_biases_only(model, files):
     names = {n for n, _ in model._named_params()}
     counts = {"label_counts"} if getattr(model, "label_counts_", None) is not None else set()  # set by fit
     with np.load(files["float32"]) as z:
-        assert model.reranker is not None  # fit's default: the file holds its two arrays, not the Adagrad sums
-        assert set(z.files) == {"state"} | counts | {n + ".w" for n in names} | {"rerank.V", "rerank.U"}
+        assert model.reranker is not None  # fit's default: the file holds its three arrays, not the Adagrad sums
+        assert set(z.files) == {"state"} | counts | {n + ".w" for n in names} | {"rerank.V", "rerank.U", "rerank.ab"}
         np.testing.assert_array_equal(z["rerank.V"], model.reranker.V)
+        np.testing.assert_array_equal(z["rerank.ab"], model.reranker.ab)
         state = json.loads(bytes(z["state"]).decode())
         for name, p in model._named_params():
             assert z[name + ".w"].dtype == np.float32
@@ -82,7 +83,7 @@ def test_float32_export_predicts_exactly_like_the_training_model(model, files, d
     np.testing.assert_array_equal(s1, s0)
     assert e.evaluate(Xte, Yte, mode=mode) == model.evaluate(Xte, Yte, mode=mode)
     assert e.nbytes == sum(p.w.nbytes for _, p in model._named_params()) + model.reranker.V.nbytes + \
-        model.reranker.U.nbytes
+        model.reranker.U.nbytes + model.reranker.ab.nbytes
 
 
 def float16_score_bound(m, X):

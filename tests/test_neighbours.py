@@ -69,7 +69,8 @@ def test_votes_of_a_query_with_no_positive_cosine_are_empty():
     assert ids.tolist() == [[0, 1]]  # n_neighbours above n_train: all rows, closest first
 
 
-def test_blend_adds_weighted_votes_to_the_shortlist_softmax():
+@pytest.mark.parametrize("link", ["softmax", "sigmoid"])
+def test_blend_adds_weighted_votes_to_the_shortlist_probabilities(link):
     rng = np.random.default_rng(1)
     n, d, L = 50, 6, 12
     Htr = rng.standard_normal((n, d)).astype(np.float32)
@@ -77,14 +78,15 @@ def test_blend_adds_weighted_votes_to_the_shortlist_softmax():
     nb = HiddenNeighbours(Htr, labels_csr(lists, L), n_neighbours=5, power=1.0, weight=0.7)
     Hq = rng.standard_normal((4, d)).astype(np.float32)
     labels = np.array([rng.choice(L, size=4, replace=False) for _ in range(4)])
-    scores = rng.standard_normal((4, 4)).astype(np.float32)
-    sc, lb = nb.blend(Hq, scores, labels, 6)
+    scores = rng.standard_normal((4, 4)).astype(np.float32) * 3
+    sc, lb = nb.blend(Hq, scores, labels, 6, link=link)
     V = nb.votes(Hq).toarray().astype(np.float64)
     for i in range(4):
         z = {}
         e = [math.exp(float(s) - float(scores[i].max())) for s in scores[i]]
-        for lab, v in zip(labels[i], e):
-            z[int(lab)] = v / sum(e)
+        for lab, v, s in zip(labels[i], e, scores[i]):
+            # softmax over the row's shortlist, or each label's own sigmoid
+            z[int(lab)] = v / sum(e) if link == "softmax" else 1 / (1 + math.exp(-float(s)))
         for lab in np.flatnonzero(V[i]):
             z[int(lab)] = z.get(int(lab), 0.0) + 0.7 * V[i, lab]
         for lab in range(L):  # missing labels score 0: the lowest ids fill the tail
@@ -141,7 +143,8 @@ def test_sparse_mlp_predicts_the_blend_and_round_trips(tmp_path):
     nb_saved, m.neighbours = m.neighbours, None
     sc0, lb0 = m.predict_topk(Xte, 32)
     m.neighbours = nb_saved
-    want = nb.blend(m.hidden_activations(Xte), sc0, lb0, 5)
+    assert m.reranker.link == "sigmoid"  # the logistic re-ranker's z become probabilities label by label
+    want = nb.blend(m.hidden_activations(Xte), sc0, lb0, 5, link="sigmoid")
     got = m.predict_topk(Xte, 5)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])

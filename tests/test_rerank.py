@@ -1,10 +1,12 @@
 """The feature re-ranker (hashlab.rerank) against plain-Python references, and in SparseMLP."""
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from hashlab import SparseMLP
-from hashlab.rerank import FeatureReranker
+from hashlab.rerank import AB_INIT, FeatureReranker
 
 from _mlp_reference import logits_bound
 from _tolerance import U, assert_within, gamma
@@ -52,7 +54,7 @@ def test_scores_are_the_hashed_linear_sum():
 
 def test_rerank_sorts_base_plus_scores_ties_to_the_lower_label():
     rng = np.random.default_rng(1)
-    rr = FeatureReranker(10, bits=10)
+    rr = FeatureReranker(10, bits=10, loss="softmax")
     X = rows(rng, 3, 8)
     cands = np.array([[5, 3, 7, 1], [9, 8, 2, 0], [4, 6, 1, 2]])
     base = np.array([[1.0, 1.0, 0.5, 2.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, 2.0, 0.0]], np.float32)
@@ -63,7 +65,38 @@ def test_rerank_sorts_base_plus_scores_ties_to_the_lower_label():
     assert rr.rerank(X, base, cands, 1)[1][2, 0] == 6
 
 
-def test_training_learns_which_feature_names_the_label():
+def test_logistic_rerank_scales_the_base_and_adds_the_scalars():
+    rng = np.random.default_rng(1)
+    rr = FeatureReranker(10, bits=10)
+    assert rr.loss == "logistic" and rr.link == "sigmoid"
+    rr.V[:] = rng.standard_normal(rr.V.size).astype(np.float32)
+    rr.ab[:] = (0.5, -1.25)
+    X = rows(rng, 4, 8)
+    cands = np.array([[5, 3, 7, 1], [9, 8, 2, 0], [4, 6, 1, 2], [0, 1, 2, 3]])
+    base = rng.standard_normal((4, 4)).astype(np.float32) * 3
+    s64, bound = scores64(rr, X, cands)
+    rel = base.astype(np.float64) - base.max(1, keepdims=True)
+    z = 0.5 * rel - 1.25 + s64
+    zb = bound + 0.5 * gamma(1) * np.abs(base).max(1, keepdims=True) * 2 + U * (np.abs(z) + bound)
+    sc, lb = rr.rerank(X, base, cands, 4)
+    order = np.argsort(-z, 1, kind="stable")
+    # the order wherever the float64 z are further apart than their bounds
+    assert_within(sc, np.take_along_axis(z, order, 1), np.take_along_axis(zb, order, 1).max(1, keepdims=True),
+                  "logistic z")
+    gaps = np.diff(-np.sort(-z, 1), axis=1)
+    clear = (-gaps > 2 * zb.max(1, keepdims=True)).all(1)
+    assert clear.any()
+    np.testing.assert_array_equal(lb[clear], np.take_along_axis(cands, order, 1)[clear])
+
+
+def bce(z, t):
+    """Binary cross-entropy of logits z against 0/1 targets t, summed (float64)."""
+    z = np.asarray(z, np.float64)
+    return float(np.sum(np.logaddexp(0, z) - t * z))
+
+
+@pytest.mark.parametrize("loss", ["logistic", "softmax"])
+def test_training_learns_which_feature_names_the_label(loss):
     # label of row i = its one non-zero feature's id mod 8; the base logits say nothing
     rng = np.random.default_rng(2)
     n, d, L = 400, 64, 8
@@ -72,21 +105,32 @@ def test_training_learns_which_feature_names_the_label():
     Y = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), feat % L)), shape=(n, L))
     cands = np.tile(np.arange(L), (n, 1))
     base = np.zeros((n, L), np.float32)
-    rr = FeatureReranker(L, bits=14, lr=0.2)
+    rr = FeatureReranker(L, bits=14, lr=0.2, loss=loss)
     losses = [rr.fit_epoch(X, cands, base, Y, rng) for _ in range(5)]
-    # chance is log(L); the first pass already learns, the fifth is at a fifth of it
-    assert losses[0] < np.log(L) and losses[-1] < 0.2 * np.log(L) and losses == sorted(losses, reverse=True)
+    # untrained: log(L) per row (softmax), or the cross-entropies of the initial z = b for one
+    # positive and L - 1 negatives (logistic); the first pass already learns, the fifth is at a
+    # fifth of it (softmax) or a third (logistic: each negative's sigmoid only tends to 0)
+    untrained = np.log(L) if loss == "softmax" else bce(np.full(L, AB_INIT[1]), np.eye(L)[0])
+    share = 0.2 if loss == "softmax" else 1 / 3
+    assert losses[0] < untrained and losses[-1] < share * untrained and losses == sorted(losses, reverse=True)
     _, top = rr.rerank(X, base, cands, 1)
     assert (top[:, 0] == feat % L).mean() == 1.0
 
 
-def test_rows_without_a_true_candidate_are_skipped():
+def test_rows_without_a_true_candidate():
     rng = np.random.default_rng(3)
     X = rows(rng, 5, 10, density=0.5)
     Y = sp.csr_matrix((np.ones(5, np.float32), (np.arange(5), np.full(5, 9))), shape=(5, 10))
-    rr = FeatureReranker(10, bits=10)
-    assert np.isnan(rr.fit_epoch(X, np.tile(np.arange(4), (5, 1)), np.zeros((5, 4), np.float32), Y, rng))
+    cands, base = np.tile(np.arange(4), (5, 1)), np.zeros((5, 4), np.float32)
+    # softmax: nothing to spread the target over, the rows are skipped
+    rr = FeatureReranker(10, bits=10, loss="softmax")
+    assert np.isnan(rr.fit_epoch(X, cands, base, Y, rng))
     assert not rr.V.any() and not rr.U.any()
+    # logistic: every candidate is a negative, so their biases go down and the others stay
+    rr = FeatureReranker(10, bits=10)
+    loss = rr.fit_epoch(X, cands, base, Y, rng)
+    assert abs(loss - bce(np.full(4, AB_INIT[1]), np.zeros(4))) < 0.5
+    assert (rr.U[:4] < 0).all() and not rr.U[4:].any() and rr.ab[1] < AB_INIT[1]
 
 
 def xmc(seed=4, n=600, d=80, L=60):
@@ -111,9 +155,15 @@ def test_sparse_mlp_predicts_mlp_shortlist_plus_reranker_scores(tmp_path):
     # so that every float32 order shortlists the same labels
     assert (ranked[:, 31] - ranked[:, 32] > 2 * lbound.max(1)).all(), "ambiguous test data: a near tie"
     s64, sbound = scores64(rr, Xte, short)
-    z = np.take_along_axis(logits, short, 1) + s64
-    zb = np.take_along_axis(lbound, short, 1) + sbound
-    zb += U * (np.abs(z) + zb)  # the float32 sum base + score
+    assert rr.loss == "logistic"
+    a, b = rr.ab
+    base = np.take_along_axis(logits, short, 1)
+    z = a * (base - base.max(1, keepdims=True)) + b + s64
+    # a times the two logits' bounds (the candidate's and the row maximum's), the scores', then
+    # the float32 rounding of the difference and of the sum (float64 arithmetic in between)
+    bb = np.take_along_axis(lbound, short, 1)
+    zb = abs(a) * (bb + bb.max(1, keepdims=True) + U * 2 * np.abs(base).max(1, keepdims=True)) + sbound
+    zb += U * (np.abs(z) + zb)
     sc, lb = m.predict_topk(Xte, 5)
     # sorted: each row's largest bound bounds its k-th largest (tests/test_slide.py)
     assert_within(sc, -np.sort(-z, 1)[:, :5], zb.max(1, keepdims=True), "re-ranked scores")
@@ -133,6 +183,29 @@ def test_sparse_mlp_predicts_mlp_shortlist_plus_reranker_scores(tmp_path):
     assert abs(r16.evaluate(Xte, Yte, ks=(1,))["P@1"] - p) <= 0.05
     ck = SparseMLP.load(tmp_path / "ck.npz")
     np.testing.assert_array_equal(ck.reranker.GV, rr.GV)
+    np.testing.assert_array_equal(ck.reranker.ab, rr.ab)
+    np.testing.assert_array_equal(ck.reranker.Gab, rr.Gab)
+    np.testing.assert_array_equal(r16.reranker.ab, rr.ab)  # two scalars: exact in a float16 export
+
+
+def test_format4_file_loads_its_softmax_reranker(tmp_path):
+    Xtr, Ytr, Xte, _ = xmc(seed=7)
+    m = SparseMLP(80, 60, hidden=(16,), seed=0).fit(Xtr, Ytr, epochs=1, batch_size=64, verbose=False)
+    m.reranker.V[:] = np.random.default_rng(0).standard_normal(m.reranker.V.size).astype(np.float32)
+    m.save(tmp_path / "v5.npz", optimizer=False)
+    # the layout of format 4: no loss, no scalars; its re-rankers were trained with the softmax
+    with np.load(tmp_path / "v5.npz") as z:
+        arrays = {n: z[n] for n in z.files if n != "rerank.ab"}
+    state = json.loads(bytes(arrays["state"]).decode())
+    state["format"] = 4
+    del state["rerank"]["loss"]
+    arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "v4.npz", **arrays)
+    old = SparseMLP.load(tmp_path / "v4.npz")
+    assert old.reranker.loss == "softmax"
+    m.reranker.loss = "softmax"  # the same weights scored as base + scores
+    for a, b in zip(old.predict_topk(Xte, 5), m.predict_topk(Xte, 5)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_reranker_improves_on_the_mlp_alone_here_and_fit_replaces_it():
@@ -166,3 +239,5 @@ def test_bad_rerank_argument():
         SparseMLP(80, 60, hidden=(8,)).fit(Xtr, Ytr, epochs=1, verbose=False, rerank="yes")
     with pytest.raises(ValueError, match="bits"):
         FeatureReranker(10, bits=40)
+    with pytest.raises(ValueError, match="loss"):
+        FeatureReranker(10, loss="hinge")
