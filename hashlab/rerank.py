@@ -72,6 +72,19 @@ def _scores(xp, xi, xd, cands, V, U, mask):
 _scores_serial = numba.njit(cache=True)(_scores.py_func)  # a few rows: no thread pool wake-up
 
 
+@numba.njit(inline="always", cache=True)
+def _step(g, lab, a, b, xi, xd, V, GV, U, GU, lr, mask):
+    """Adagrad step of label lab's bias and its weights for the row's features xi[a:b] (values
+    xd[a:b]), given the loss's gradient g with respect to the row's score of lab."""
+    GU[lab] += g * g
+    U[lab] -= lr * g / np.sqrt(GU[lab] + 1e-8)
+    for p in range(a, b):
+        k = _slot(lab, xi[p], mask)
+        gg = g * xd[p]
+        GV[k] += gg * gg
+        V[k] -= lr * gg / np.sqrt(GV[k] + 1e-8)
+
+
 @numba.njit(cache=True)
 def _train_epoch(order, xp, xi, xd, cands, base, yp, yi, V, GV, U, GU, lr, mask):
     """One pass of Adagrad over the rows in ``order``; returns (loss sum, rows used)."""
@@ -109,13 +122,7 @@ def _train_epoch(order, xp, xi, xd, cands, base, yp, yi, V, GV, U, GU, lr, mask)
                 loss -= np.log(max(prob, 1e-30)) / npos
             g = prob - tgt[c] / npos
             lab = cands[i, c]
-            GU[lab] += g * g
-            U[lab] -= lr * g / np.sqrt(GU[lab] + 1e-8)
-            for p in range(xp[i], xp[i + 1]):
-                k = _slot(lab, xi[p], mask)
-                gg = g * xd[p]
-                GV[k] += gg * gg
-                V[k] -= lr * gg / np.sqrt(GV[k] + 1e-8)
+            _step(g, lab, xp[i], xp[i + 1], xi, xd, V, GV, U, GU, lr, mask)
     return loss, used
 
 
@@ -154,13 +161,7 @@ def _train_epoch_logistic(order, xp, xi, xd, cands, base, yp, yi, V, GV, U, GU, 
             ab[0] = max(0.0, ab[0] - AB_LR * g0 / np.sqrt(Gab[0] + 1e-8))
             Gab[1] += g * g
             ab[1] -= AB_LR * g / np.sqrt(Gab[1] + 1e-8)
-            GU[lab] += g * g
-            U[lab] -= lr * g / np.sqrt(GU[lab] + 1e-8)
-            for p in range(xp[i], xp[i + 1]):
-                k = _slot(lab, xi[p], mask)
-                gg = g * xd[p]
-                GV[k] += gg * gg
-                V[k] -= lr * gg / np.sqrt(GV[k] + 1e-8)
+            _step(g, lab, xp[i], xp[i + 1], xi, xd, V, GV, U, GU, lr, mask)
     return loss, order.size
 
 
