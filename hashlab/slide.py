@@ -34,9 +34,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.sparse as sp
 
 from . import _C
 from ._validate import check_choice, check_float, check_int
+from .csr import times_dense
 from .learned import DriftScheduler, LearnedSimHash
 from .metrics import propensities_from_counts, ranking_metrics
 from .params import default_params
@@ -263,8 +265,11 @@ class SparseMLP(_Training, _ModelFile):
 
     def _hidden(self, X):
         """Hidden activations of every layer for CSR rows X: list of (n, width) float32."""
-        hs = [np.ascontiguousarray(self._act(np.asarray(X @ self.layers[0].w) + self.biases[0].w),
-                                   dtype=np.float32)]
+        W0 = self.layers[0].w
+        fast = sp.issparse(X) and X.format == "csr" and X.dtype == np.float32 and W0.dtype == np.float32 \
+            and W0.flags.c_contiguous
+        z = times_dense(X, W0) if fast else np.asarray(X @ W0)
+        hs = [np.ascontiguousarray(self._act(z + self.biases[0].w), dtype=np.float32)]
         for W, b in zip(self.layers[1:], self.biases[1:]):
             hs.append(np.ascontiguousarray(self._act(hs[-1] @ W.w + b.w), dtype=np.float32))
         return hs
