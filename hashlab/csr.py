@@ -99,6 +99,22 @@ def times_dense(X, W):
     return out
 
 
+@njit(cache=True, nogil=True)
+def _row_norms(indptr, data, out):
+    for i in range(indptr.size - 1):
+        acc = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            acc += np.float64(data[p]) * data[p]
+        out[i] = np.sqrt(acc)
+
+
+def row_norms(X):
+    """Euclidean norm of every row of the CSR matrix X, summed in float64: (n,) float64."""
+    out = np.empty(X.shape[0], np.float64)
+    _row_norms(X.indptr, X.data, out)
+    return out
+
+
 def _csr(indptr, indices, data, shape):
     """A canonical CSR matrix with the smallest index dtype that fits."""
     idx_dtype = np.int32 if max(indptr[-1], shape[0], shape[1]) <= _INT32_MAX else np.int64

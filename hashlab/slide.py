@@ -265,10 +265,18 @@ class SparseMLP(_Training, _ModelFile):
 
     def _hidden(self, X):
         """Hidden activations of every layer for CSR rows X: list of (n, width) float32."""
+        return self._hidden_from(self._first_product(X))
+
+    def _first_product(self, X):
+        """X (n, input_dim) CSR times the first layer's weights: (n, hidden[0]) float32 (no bias)."""
         W0 = self.layers[0].w
         fast = sp.issparse(X) and X.format == "csr" and X.dtype == np.float32 and W0.dtype == np.float32 \
             and W0.flags.c_contiguous
-        z = times_dense(X, W0) if fast else np.asarray(X @ W0)
+        return times_dense(X, W0) if fast else np.ascontiguousarray(X @ W0, dtype=np.float32)
+
+    def _hidden_from(self, z):
+        """Hidden activations of every layer from z (n, hidden[0]) float32, the rows' product with
+        the first layer's weights (its bias not yet added)."""
         hs = [np.ascontiguousarray(self._act(z + self.biases[0].w), dtype=np.float32)]
         for W, b in zip(self.layers[1:], self.biases[1:]):
             hs.append(np.ascontiguousarray(self._act(hs[-1] @ W.w + b.w), dtype=np.float32))

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._validate import check_choice, check_float, check_int
+from .csr import row_norms, times_dense
 from .rerank import fit_stage as _fit_rerank_stage
 from .rerank import reserve as _rerank_reserve
 from . import neighbours as _nb
@@ -219,18 +220,22 @@ class _Training:
 
     def _init_from_centroids(self, X, Y, block=16384):
         """Output rows from the labels' feature centroids (see fit's init); X, Y canonical CSR."""
-        C = (Y.T.tocsr() @ X).tocsr()  # (output_dim, input_dim) sums of each label's rows
-        norms = np.sqrt(np.asarray(C.multiply(C).sum(1)).ravel())
+        Yt = sp.csr_matrix(Y.T, dtype=np.float32)  # (output_dim, n)
+        C = (Yt @ X).tocsr()  # (output_dim, input_dim) sums of each label's rows: their norms only
+        norms = row_norms(C)
         has = np.flatnonzero(norms > 0)
         if has.size == 0:
             return
-        C = sp.diags((1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32)) @ C
         h_norm = float(np.linalg.norm(self._hidden(X[:2000])[-1], axis=1).mean())
         if not h_norm > 0:
             return
+        # the first layer is linear: (C / |C|) W = (Y^T (X W)) / |C|, one product over the rows
+        # instead of one over the label sums, which hold most features each on dense data
+        # (delicious-like at scale 0.05: 24 s -> under 1 s)
+        Z = times_dense(Yt, self._first_product(X))
         for s in range(0, has.size, block):
             ids = has[s:s + block]
-            E = self._hidden(C[ids].astype(np.float32))[-1]
+            E = self._hidden_from(Z[ids] / norms[ids, None].astype(np.float32))[-1]
             n = np.linalg.norm(E, axis=1, keepdims=True)
             ok = n[:, 0] > 0
             self.out_w.w[ids[ok]] = E[ok] * np.float32(CENTROID_SCALE / h_norm) / n[ok]

@@ -1,9 +1,10 @@
-"""hashlab.csr.times_dense against scipy's CSR x dense product, bit for bit (the same summation order)."""
+"""hashlab.csr.times_dense against scipy's CSR x dense product, bit for bit (the same summation order),
+and hashlab.csr.row_norms against numpy's norms in float64."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hashlab.csr import times_dense
+from hashlab.csr import row_norms, times_dense
 
 
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
@@ -29,3 +30,11 @@ def test_empty_rows_duplicates_and_unsorted_columns():
     assert (np.abs(got - want) <= 5 * 2.0 ** -24 * mag).all()
     np.testing.assert_array_equal(got, np.asarray(X @ W))
     assert times_dense(sp.csr_matrix((0, 4), dtype=np.float32), W).shape == (0, 2)
+
+
+def test_row_norms_in_float64():
+    X = sp.random(50, 30, density=0.2, format="csr", dtype=np.float32, random_state=2)
+    X.data *= np.float32(1e20)  # float32 squares would overflow
+    want = np.linalg.norm(X.toarray().astype(np.float64), axis=1)
+    np.testing.assert_allclose(row_norms(X), want, rtol=1e-12)
+    assert row_norms(sp.csr_matrix((2, 3), dtype=np.float32)).tolist() == [0.0, 0.0]
