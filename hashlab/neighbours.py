@@ -252,8 +252,7 @@ def _pk_of(top, Y):
 
 def _p1_of(top, Y):
     """P@1 of top (n, >=1) label ids against the CSR indicator Y."""
-    Y = sp.csr_matrix(Y)
-    return float((np.asarray(Y[np.arange(top.shape[0]), top[:, 0]]).ravel() != 0).mean())
+    return _pk_of(top[:, :1], Y)
 
 
 def to_arrays(nb, store):

@@ -16,14 +16,17 @@ from hashlab.attention import sampling_probability
 from _tolerance import U, assert_close_to_f64, gamma
 
 
+def _heads(Q, K, V, scale):
+    """Q (H, d), K, V as float64, the GQA group size H // n_kv and the scale (1 / sqrt(d) by default)."""
+    Q, K, V = (np.asarray(a, np.float64) for a in (Q, K, V))
+    return Q, K, V, Q.shape[0] // K.shape[0], 1 / math.sqrt(Q.shape[1]) if scale is None else scale
+
+
 def np_dense(Q, K, V, scale=None):
     """float64 dense attention with GQA; returns (out, lse)."""
-    Q, K, V = (np.asarray(a, np.float64) for a in (Q, K, V))
-    H, d = Q.shape
-    G = H // K.shape[0]
-    scale = 1 / math.sqrt(d) if scale is None else scale
-    out, lse = np.zeros((H, d)), np.zeros(H)
-    for h in range(H):
+    Q, K, V, G, scale = _heads(Q, K, V, scale)
+    out, lse = np.zeros(Q.shape), np.zeros(Q.shape[0])
+    for h in range(Q.shape[0]):
         z = scale * (K[h // G] @ Q[h])
         lse[h] = logsumexp(z)
         out[h] = np.exp(z - lse[h]) @ V[h // G]
@@ -111,12 +114,9 @@ def bf16_level_extra(Q, K, V, scale=None):
     """Bounds (on out, on lse) of what the avx512bf16 level adds to attention's error: with
     logit i off by e_i (bf16_logit_extra, scaled) and D = max e_i, softmax weight i moves by
     a factor within e^(+-(e_i + D)): out by sum_i p_i expm1(e_i + D) |v_i|, lse by D."""
-    Q, K, V = (np.asarray(a, np.float64) for a in (Q, K, V))
-    H, d = Q.shape
-    G = H // K.shape[0]
-    scale = 1 / math.sqrt(d) if scale is None else scale
-    out, lse = np.zeros((H, d)), np.zeros(H)
-    for h in range(H):
+    Q, K, V, G, scale = _heads(Q, K, V, scale)
+    out, lse = np.zeros(Q.shape), np.zeros(Q.shape[0])
+    for h in range(Q.shape[0]):
         Kh, Vh = K[h // G], V[h // G]
         e = scale * bf16_logit_extra(Q[h], Kh)
         z = scale * (Kh @ Q[h])
