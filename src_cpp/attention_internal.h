@@ -6,7 +6,8 @@
 //   attention_engine    attention over dense ranges and sampled bitmaps, in parallel parts
 //   attention_exact     dense and top-k exact attention (the baselines)
 //   attention_index     LSHAttentionIndex: KV pages, indexing, the decode step's schedule
-// The vector code is in kernels/attention_kernel.inc.
+// The vector code is in kernels/attention_kernel.inc and the per-concept files it includes
+// (attention_kernel_{vec,hash,dots,logits,bf16}.inc).
 #pragma once
 #include <algorithm>
 #include <cstdint>

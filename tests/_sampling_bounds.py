@@ -1,6 +1,6 @@
 """Error bounds of hashlab.attention.sampling_probability (tests/test_attention.py), derived
 from how the kernels compute p = (1 - acos(c)/pi)^k and u = P[Binomial(l, p) >= m]
-(src_cpp/kernels/attention_kernel.inc), with u the float64 binomial tail from scipy.
+(src_cpp/kernels/attention_kernel_logits.inc), with u the float64 binomial tail from scipy.
 
 p = exp(k log r), r = 1 - acos(c)/pi. r is the Cephes asin polynomial (peak relative error
 2.5e-7, 4.2 u) and at most eight roundings: relative error 12 u. log r is Cephes logf (1.3

@@ -1,6 +1,7 @@
 // Per-instruction-set kernels of the LSH-sampled attention (src_cpp/attention_*.cpp).
-// attention_kernel.inc is compiled once per level (attention_{scalar,avx2,avx512,avx512bf16}.cpp)
-// into the namespace of that level; kern() (src_cpp/attention_internal.h) picks a set at
+// attention_kernel.inc (with the attention_kernel_*.inc files it includes, one per concept)
+// is compiled once per level (attention_{scalar,avx2,avx512,avx512bf16}.cpp) into the
+// namespace of that level; kern() (src_cpp/attention_internal.h) picks a set at
 // every call, so that hashlab._C.set_simd_level takes effect immediately.
 #pragma once
 #include <cstdint>
