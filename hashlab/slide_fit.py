@@ -74,8 +74,8 @@ class _Training:
         classifier instead of chance; labels without rows keep the random init.
         rerank: True (default) ends fit with a FeatureReranker (hashlab.rerank: hashed per-label
         linear weights over the input features and a scaled copy of the MLP's logits, one logistic
-        output per label of the MLP's top 32; trained on the training rows' shortlists, the MLP
-        fixed), given hashlab.rerank.SHARE (40%) of time_budget (less when a sample of rows
+        output per label of the MLP's top 32; trained on training rows' true labels and the MLP's
+        hardest wrong labels, rows this call did not train the MLP on first, the MLP fixed), given hashlab.rerank.SHARE (40%) of time_budget (less when a sample of rows
         shows it needs less: hashlab.rerank.reserve), and kept only if it does not lower validation P@1 (when validation is
         given); ``predict_topk`` and ``evaluate`` then use it, ``rerank_report_`` says what it
         did. Every fit call trains a new one on the model it leaves.
@@ -151,6 +151,7 @@ class _Training:
         total = epochs * n if epochs is not None else None
         bar = tqdm(total=total, unit="samples", disable=not verbose, dynamic_ncols=True)
         seen, ema, eval_s = 0, None, 0.0  # eval_s: evaluation time, kept off the training clock
+        visited = np.zeros(n, np.bool_)  # rows this call trained on (the re-ranker prefers the others)
         last_eval = 0.0
         train_time, prior = (self.history[-1]["time"], self.history[-1]["samples"]) if self.history else (0.0, 0)
         stop = False
@@ -162,6 +163,7 @@ class _Training:
                     self._lr_scale = lr_factor(lr_schedule, clock.progress(), warmup)
                     idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
                     loss, _ = self._train_batch(X[idx], Y[idx])
+                    visited[idx] = True
                     clock.batches += 1
                     seen += idx.size
                     ema = loss / idx.size if ema is None else 0.95 * ema + 0.05 * loss / idx.size
@@ -201,7 +203,8 @@ class _Training:
             self.best_step_ = stopper.best_step
         if rerank:
             deadline = None if time_budget is None else t_start + time_budget - nb_reserve
-            self.reranker, self.rerank_report_ = _fit_rerank_stage(self, X, Y, val, deadline, self.seed + 7)
+            self.reranker, self.rerank_report_ = _fit_rerank_stage(self, X, Y, val, deadline, self.seed + 7,
+                                                                           visited)
             if verbose:
                 r = self.rerank_report_
                 vals = f", val P@1 {r['val_P@1_without']:.4f} -> {r['val_P@1_with']:.4f}" if "val_P@1_with" in r else ""

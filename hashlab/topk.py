@@ -58,23 +58,44 @@ def _scores_serial(H, W, b, out):
             out[i, j] = acc + b[j]
 
 
-def dense_topk(H, W, b, k, chunk=None):
+@numba.njit(cache=True, nogil=True)
+def _exclude(S, r, c, ep, ei):
+    """Sets to -inf the scores in block S (rows r.., labels c..) of the labels that row r + i
+    of the CSR pattern (ep, ei) lists."""
+    for i in range(S.shape[0]):
+        for q in range(ep[r + i], ep[r + i + 1]):
+            j = ei[q] - c
+            if 0 <= j < S.shape[1]:
+                S[i, j] = -np.inf
+
+
+def dense_topk(H, W, b, k, chunk=None, exclude=None):
     """Exact top-k of H @ W.T + b: (scores float32 (n, k), labels int64 (n, k)), best first.
 
     H : (n, d) float32; W : (L, d) float32; b : (L,) float32 or None; k : int >= 1 (at most L
-    are returned); chunk : labels per block (default: a block of scores fills BLOCK_BYTES).
+    are returned); chunk : labels per block (default: a block of scores fills BLOCK_BYTES);
+    exclude : None or an (n, L) scipy sparse matrix whose row i lists labels never returned
+    for row i (a row with fewer than k others left pads with score -inf and label -1).
     Ties go to the lower label id.
     """
     n, L = H.shape[0], W.shape[0]
     k = min(k, L)
     best_s = np.full((n, k), -np.inf, np.float32)
     best_l = np.full((n, k), -1, np.int64)
+    ep = ei = None
+    if exclude is not None:
+        if exclude.shape != (n, L):
+            raise ValueError(f"exclude: expected shape {(n, L)}, got {exclude.shape}")
+        exclude = exclude.tocsr()
+        ep, ei = exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64)
     if n < SERIAL_ROWS and chunk is None:
         # a few rows (online prediction): BLAS's threads cost more to wake than the product
         # (15,230 x 128 labels, one row, 2 threads: 8 ms in sgemm against 0.8 ms on one thread)
         S = np.empty((n, L), np.float32)
         _scores_serial(np.ascontiguousarray(H, np.float32), np.ascontiguousarray(W, np.float32),
                        np.zeros(L, np.float32) if b is None else np.ascontiguousarray(b, np.float32), S)
+        if ep is not None:
+            _exclude(S, 0, 0, ep, ei)
         _merge_serial(S, 0, best_s, best_l)
         return best_s, best_l
     rows = max(1, min(n, BLOCK_ROWS))
@@ -88,5 +109,7 @@ def dense_topk(H, W, b, k, chunk=None):
             np.matmul(h, w.T, out=S)
             if b is not None:
                 S += b[c:c + cols]
+            if ep is not None:
+                _exclude(S, r, c, ep, ei)
             _merge_serial(S, c, best_s[r:r + rows], best_l[r:r + rows])
     return best_s, best_l

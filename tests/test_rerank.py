@@ -241,3 +241,33 @@ def test_bad_rerank_argument():
         FeatureReranker(10, bits=40)
     with pytest.raises(ValueError, match="loss"):
         FeatureReranker(10, loss="hinge")
+
+
+@pytest.mark.parametrize("C,positives", [(8, 3), (12, 12), (20, 4)])
+def test_training_shortlist_keeps_true_labels_and_the_hardest_wrong_ones(C, positives):
+    from hashlab.rerank import training_shortlist
+    rng = np.random.default_rng(C)
+    L = 24
+    m = SparseMLP(30, L, hidden=(16,), seed=1)
+    X = rows(rng, 40, 30)
+    # label counts 0..L per row: rows with no true label, with fewer than `positives`, with
+    # so many that the wrong ones run short of C - positives
+    Y = sp.csr_matrix((rng.random((40, L)) < np.linspace(0, 1, 40)[:, None]).astype(np.float32))
+    base, cands = training_shortlist(m, X, Y, C, positives=positives)
+    logits, bound = logits_bound([p.w for p in m.layers], [b.w for b in m.biases], m.out_w.w, m.out_b.w, X)
+    for i in range(40):
+        true = set(Y.indices[Y.indptr[i]:Y.indptr[i + 1]].tolist())
+        by_score = np.argsort(-logits[i], kind="stable")
+        pos = [c for c in by_score if c in true]
+        neg = [c for c in by_score if c not in true]
+        # the plain top C with true labels beyond the first `positives` replaced by wrong ones
+        top = list(by_score[:C])
+        kept = [c for c in top if c not in true][:C] + [c for c in top if c in true][:positives]
+        extra_neg = [c for c in neg if c not in kept][:C - len(kept)]
+        want = kept + extra_neg + [c for c in pos if c not in kept][:C - len(kept) - len(extra_neg)]
+        ranked = -np.sort(-logits[i])
+        # test-data precondition: no two logits within twice their error bounds (else float32 may swap them)
+        assert (np.diff(-ranked) > 2 * bound[i].max()).all(), "ambiguous test data: a near tie"
+        assert set(cands[i].tolist()) == set(want)
+        np.testing.assert_array_equal(cands[i], sorted(want, key=lambda c: -logits[i, c]))  # best first
+        assert (np.abs(base[i] - logits[i, cands[i]]) <= bound[i, cands[i]]).all()

@@ -1,6 +1,7 @@
 """hashlab.topk.dense_topk against a plain numpy reference (full sort by (-score, id))."""
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from hashlab import topk
 
@@ -43,3 +44,24 @@ def test_nan_scores_are_never_chosen():
     W = np.array([[np.nan], [1.0], [2.0]], np.float32)
     _, lab = topk.dense_topk(H, W, None, 2)
     np.testing.assert_array_equal(lab, [[2, 1], [2, 1]])
+
+
+@pytest.mark.parametrize("n,L,k", [(5, 12, 3), (600, 300, 8), (3, 6, 5)])
+def test_excluded_labels_are_never_returned(n, L, k, monkeypatch):
+    monkeypatch.setattr(topk, "BLOCK_BYTES", 2048)  # the excluded labels fall in several label blocks
+    rng = np.random.default_rng(n + k)
+    H = rng.standard_normal((n, 7), dtype=np.float32)
+    W = rng.standard_normal((L, 7), dtype=np.float32)
+    b = rng.standard_normal(L, dtype=np.float32)
+    # row i excludes a random set; in the (3, 6, 5) case rows keep fewer than k labels
+    mask = rng.random((n, L)) < (0.6 if L == 6 else 0.3)
+    ex = sp.csr_matrix(mask.astype(np.float32))
+    s, lab = topk.dense_topk(H, W, b, k, exclude=ex)
+    S = (H.astype(np.float64) @ W.T.astype(np.float64) + b)
+    for i in range(n):
+        keep = np.flatnonzero(~mask[i])
+        want = keep[np.argsort(-S[i, keep], kind="stable")][:k]
+        np.testing.assert_array_equal(lab[i, :want.size], want)
+        assert (lab[i, want.size:] == -1).all() and np.isneginf(s[i, want.size:]).all()
+    with pytest.raises(ValueError, match="exclude"):
+        topk.dense_topk(H, W, b, k, exclude=sp.csr_matrix((n + 1, L)))
