@@ -74,10 +74,11 @@ class _Training:
         classifier instead of chance; labels without rows keep the random init.
         rerank: True (default) ends fit with a FeatureReranker (hashlab.rerank: hashed per-label
         linear weights over the input features and a scaled copy of the MLP's logits, one logistic
-        output per label of the MLP's top 32; trained on training rows' true labels and the MLP's
-        hardest wrong labels, rows this call did not train the MLP on first, the MLP fixed), given hashlab.rerank.SHARE (40%) of time_budget (less when a sample of rows
-        shows it needs less: hashlab.rerank.reserve), and kept only if it does not lower validation P@1 (when validation is
-        given); ``predict_topk`` and ``evaluate`` then use it, ``rerank_report_`` says what it
+        output per label of the MLP's top 32; trained on training rows' top 32 with at most 16 true
+        labels and the MLP's hardest wrong labels for the rest, rows this call did not train the
+        MLP on first, the MLP fixed), given hashlab.rerank.SHARE (40%) of time_budget (less when a
+        sample of rows shows it needs less: hashlab.rerank.reserve), and kept only if it does not
+        lower validation P@1 (when validation is given); ``predict_topk`` and ``evaluate`` then use it, ``rerank_report_`` says what it
         did. Every fit call trains a new one on the model it leaves.
         neighbours: True (default) then adds the label votes of the 30 training rows nearest in
         hidden space to the top-32 (hashlab.neighbours.HiddenNeighbours: cosine, weighted by
@@ -204,7 +205,7 @@ class _Training:
         if rerank:
             deadline = None if time_budget is None else t_start + time_budget - nb_reserve
             self.reranker, self.rerank_report_ = _fit_rerank_stage(self, X, Y, val, deadline, self.seed + 7,
-                                                                           visited)
+                                                                   visited)
             if verbose:
                 r = self.rerank_report_
                 vals = f", val P@1 {r['val_P@1_without']:.4f} -> {r['val_P@1_with']:.4f}" if "val_P@1_with" in r else ""
