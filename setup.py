@@ -48,9 +48,13 @@ ParallelCompile("HASHLAB_BUILD_JOBS", default=os.cpu_count() or 2).install()
 sources = sorted(glob.glob("src_cpp/*.cpp") + glob.glob("src_cpp/kernels/*.cpp") +
                  glob.glob("src_cpp/bindings/*.cpp"))
 
+# headers and the per-level kernel bodies (*.inc): an edit to one rebuilds the module
+depends = sorted(glob.glob("src_cpp/**/*.h", recursive=True) + glob.glob("src_cpp/**/*.inc", recursive=True))
+
 ext = Pybind11Extension(
     "hashlab._C",
     sources,
+    depends=depends,
     include_dirs=["src_cpp", "src_cpp/include"],
     cxx_std=17,
     extra_compile_args=COMMON_FLAGS,
