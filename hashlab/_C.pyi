@@ -109,6 +109,10 @@ class LSHTables:
 
 # ---- sparse output layer and Adam (bindings/sparse_layer.cpp) ------------------------------
 
+def softmax_xent_grad(Z: _F32, label_indptr: _I64, label_ids: _I32) -> float:
+    """Full softmax cross-entropy of logits Z (n, n_out) float32 (written in place), the target
+    spread evenly over each row's labels (CSR: indptr (n + 1,) int64, ids int32, unique per row):
+    Z becomes softmax(Z) - target. Returns the loss summed over rows."""
 def sparse_output_train(H: _F32, cand_indptr: _I64, cand_ids: _I32, label_indptr: _I64, label_ids: _I32,
                         target_active: int, seed: int, W: _F32, mW: _F32, vW: _F32, b: _F32, mb: _F32,
                         vb: _F32, lr: float, beta1: float, beta2: float, eps: float, step: int,

@@ -135,6 +135,8 @@ class _Training:
                 if rerank else 0.0
             mlp_budget = max(0.0, time_budget - nb_reserve - rr_reserve - (time.perf_counter() - t_start))
         clock = RunClock(None, mlp_budget)  # the budget covers the init and everything after it
+        if self.step == 0 and self._auto_active:
+            self._choose_softmax(Y)
         if init == "centroid" and self.step == 0:
             self._init_from_centroids(X, Y)
         counts = np.bincount(Y.indices, minlength=self.output_dim).astype(np.int64)
@@ -221,6 +223,13 @@ class _Training:
         if checkpoint is not None:
             self.save(checkpoint)
         return self
+
+    def _choose_softmax(self, Y):
+        """target_active=None: the full softmax for rows with many labels and a small enough output
+        layer (MANY_LABELS, FULL_SOFTMAX_MAX in hashlab.slide; SparseMLP's target_active says why)."""
+        from .slide import FULL_SOFTMAX_MAX, MANY_LABELS
+        if Y.nnz >= MANY_LABELS * Y.shape[0] and self.output_dim <= FULL_SOFTMAX_MAX:
+            self.target_active = self.output_dim
 
     def _init_from_centroids(self, X, Y, block=16384):
         """Output rows from the labels' feature centroids (see fit's init); X, Y canonical CSR."""

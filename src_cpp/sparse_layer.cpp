@@ -231,6 +231,36 @@ OutputStats sparse_output_train(const OutputBatch& B, DenseParam& W, DenseParam&
   return st;
 }
 
+double softmax_xent_grad(float* Z, int64_t n, int64_t n_out, const int64_t* label_indptr, const int32_t* label_ids) {
+  check(n >= 0 && n_out >= 1, "Z: expected a (n, n_out) array with n_out >= 1");
+  check(label_indptr[0] == 0, "labels: expected indptr[0] == 0");
+  for (int64_t i = 0; i < n; ++i) {
+    check(label_indptr[i + 1] > label_indptr[i], "labels: expected at least one label per sample");
+    for (int64_t p = label_indptr[i]; p < label_indptr[i + 1]; ++p)
+      check(label_ids[p] >= 0 && label_ids[p] < n_out, "labels: expected label ids in [0, n_out)");
+  }
+  const VectorOps& ops = vector_ops();
+  std::vector<double> loss(n, 0.0);
+  parallel_for(n, 4, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float* zi = Z + i * n_out;
+      const int64_t l0 = label_indptr[i], nl = label_indptr[i + 1] - l0;
+      float zmax = -std::numeric_limits<float>::infinity();
+      for (int64_t a = 0; a < n_out; ++a) zmax = std::max(zmax, zi[a]);
+      double lsum = 0;
+      for (int64_t p = 0; p < nl; ++p) lsum += zi[label_ids[l0 + p]];
+      const float sum = ops.exp_shift_sum(zi, n_out, zmax);
+      loss[i] = (double)zmax + std::log((double)sum) - lsum / (double)nl;
+      const float inv = 1.0f / sum, tgt = 1.0f / (float)nl;
+      for (int64_t a = 0; a < n_out; ++a) zi[a] *= inv;
+      for (int64_t p = 0; p < nl; ++p) zi[label_ids[l0 + p]] -= tgt;
+    }
+  });
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += loss[i];
+  return total;
+}
+
 void gather_scores(const float* H, int64_t n, int64_t d, const float* W, const float* b, int64_t n_out,
                    const int64_t* indptr, const int32_t* ids, float* scores) {
   check(n >= 0 && d >= 1 && n_out >= 0, "gather_scores: expected non-negative sizes");

@@ -49,6 +49,72 @@ def test_full_softmax_training_equals_dense_torch(hidden):
             assert_close_to_f64(getattr(got, kind), want, r32, what=f"{kind} of parameter {j}")
 
 
+def _softmax_grad(Z, labels, dtype, perm, sequential):
+    """softmax(Z) - target and the summed loss in dtype, the columns summed in the order perm
+    (sequential: one running sum, else numpy's pairwise sum)."""
+    Z = np.asarray(Z, dtype)[:, perm]
+    inv = np.argsort(perm)
+    G, loss = np.empty_like(Z), dtype(0)
+    for i, lab in enumerate(labels):
+        pos = inv[lab]
+        e = np.exp(Z[i] - Z[i].max())
+        tot = np.cumsum(e, dtype=dtype)[-1] if sequential else e.sum(dtype=dtype)
+        loss += Z[i].max() + np.log(tot) - Z[i, pos].mean()
+        G[i] = e / tot
+        G[i, pos] -= dtype(1) / dtype(len(lab))
+    return G[:, inv], loss
+
+
+def test_full_softmax_gradient_against_float64():
+    """_C.softmax_xent_grad (fit's full-softmax path) against float64, within the error of
+    numpy float32 in six column orders; rows with 1 to 200 labels of 300."""
+    from hashlab import _C
+    rng = np.random.default_rng(7)
+    n, L = 7, 300
+    Z = (rng.standard_normal((n, L)) * 4).astype(np.float32)
+    labels = [np.sort(rng.choice(L, size=c, replace=False)) for c in (1, 2, 5, 16, 75, 200, 300)]
+    indptr = np.cumsum([0] + [len(x) for x in labels]).astype(np.int64)
+    ids = np.concatenate(labels).astype(np.int32)
+    G64, loss64 = _softmax_grad(Z, labels, np.float64, np.arange(L), False)
+    refs = [_softmax_grad(Z, labels, np.float32, rng.permutation(L) if o else np.arange(L), o % 2 == 1)
+            for o in range(6)]
+    out = Z.copy()
+    loss = _C.softmax_xent_grad(out, indptr, ids)
+    assert_close_to_f64(out, G64, [g for g, _ in refs], what="dLoss/dZ")
+    assert_close_to_f64(loss, loss64, [np.float64(x) for _, x in refs], what="loss")
+    bad = ids.copy()
+    bad[3] = L
+    with pytest.raises(ValueError, match="label ids"):
+        _C.softmax_xent_grad(Z.copy(), indptr, bad)
+    with pytest.raises(ValueError, match="at least one label"):
+        _C.softmax_xent_grad(Z.copy(), np.array([0, 0, *indptr[2:]], np.int64), ids)
+    with pytest.raises(TypeError):
+        _C.softmax_xent_grad(Z.astype(np.float64), indptr, ids)
+
+
+def _labelled(rng, n, D, L, per_row):
+    X = sp.random(n, D, density=0.2, format="csr", dtype=np.float32, random_state=rng)
+    X.data = rng.random(X.nnz, dtype=np.float32) + 0.1
+    return X, [sorted(rng.choice(L, size=per_row, replace=False).tolist()) for _ in range(n)]
+
+
+@pytest.mark.parametrize("per_row, L, kw, full", [
+    (16, 1000, {}, True),                            # many labels per row: the full softmax
+    (15, 1000, {}, False),                           # fewer than MANY_LABELS: sampled
+    (16, 16385, {}, False),                          # above FULL_SOFTMAX_MAX: sampled
+    (16, 1000, {"target_active": 600}, False),       # a given target_active is kept
+])
+def test_default_target_active_chooses_the_full_softmax_for_many_labels(per_row, L, kw, full):
+    from hashlab.slide import FULL_SOFTMAX_MAX, MANY_LABELS
+    assert (MANY_LABELS, FULL_SOFTMAX_MAX) == (16, 16384)
+    X, labels = _labelled(np.random.default_rng(3), 40, 30, L, per_row)
+    m = SparseMLP(30, L, hidden=(8,), seed=0, **kw)
+    before = m.target_active
+    m.fit(X, labels, epochs=1, batch_size=20, verbose=False, rerank=False, neighbours=False)
+    assert m.target_active == (L if full else before)
+    assert before < L
+
+
 def test_sampled_training_touches_only_active_rows_and_labels_are_active():
     rng = np.random.default_rng(1)
     X, labels = tiny_data(rng, n=16, D=30, L=400)

@@ -105,8 +105,11 @@ class ShardedSparseMLP(SparseMLP):
 
     hash="learned" is not supported (one process fits its hash on its own rows' activations).
     Every rank must construct the model with the same arguments (checked: ValueError).
-    See the module docstring for the algorithm and the data split.
+    See the module docstring for the algorithm and the data split. Unlike SparseMLP,
+    target_active=None never switches to the full softmax (each rank's share is fixed here).
     """
+
+    _AUTO_FULL = False
 
     def __init__(self, input_dim, output_dim, hidden=None, activation="relu", hash="simhash", k=None, l=None,
                  target_active=None, lr=5e-3, seed=0, bucket_capacity=None, rebuild_first=50,

@@ -74,6 +74,16 @@ void bind_sparse_layer(py::module_& m) {
       py::arg("dirty").noconvert());
 
   m.def(
+      "softmax_xent_grad",
+      [](carray<float> Z, carray<int64_t> label_indptr, carray<int32_t> label_ids) {
+        require_shape(Z, "Z", {-1, -1});
+        check_csr(label_indptr, label_ids, Z.shape(0), "labels");
+        py::gil_scoped_release nogil;
+        return softmax_xent_grad(Z.mutable_data(), Z.shape(0), Z.shape(1), label_indptr.data(), label_ids.data());
+      },
+      py::arg("Z").noconvert(), py::arg("label_indptr"), py::arg("label_ids"));
+
+  m.def(
       "gather_scores",
       [](carray<float> H, carray<float> W, py::object b, carray<int64_t> indptr, carray<int32_t> ids) {
         require_shape(H, "H", {-1, -1});

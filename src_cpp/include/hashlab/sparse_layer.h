@@ -59,6 +59,11 @@ struct OutputStats {
 OutputStats sparse_output_train(const OutputBatch& batch, DenseParam& W, DenseParam& b,
                                 const AdamConfig& adam, float* dH, uint8_t* dirty);
 
+// Full softmax cross-entropy of logits Z (n, n_out), the target spread evenly over each
+// sample's labels (unique): Z becomes dLoss/dZ = softmax(Z) - target; returns the summed loss.
+double softmax_xent_grad(float* Z, int64_t n, int64_t n_out, const int64_t* label_indptr,
+                         const int32_t* label_ids);
+
 // scores[p] = <H[i], W[ids[p]]> + b[ids[p]] for the candidates p of sample i (b may be null).
 void gather_scores(const float* H, int64_t n, int64_t d, const float* W, const float* b,
                    int64_t n_out, const int64_t* indptr, const int32_t* ids, float* scores);
