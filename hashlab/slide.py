@@ -448,7 +448,7 @@ class SparseMLP(_Training, _ModelFile):
         scores = np.empty((n, k), np.float32)
         labels = np.empty((n, k), np.int64)
         for s in range(0, n, batch_size):
-            Xb = X[s:s + batch_size]
+            Xb = X if n <= batch_size else X[s:s + batch_size]  # a CSR slice costs 0.1 ms a call
             H = self._hidden(Xb)[-1]
             if mode == "dense":
                 sc, lb = dense_topk(H, self.out_w.w, self.out_b.w, short)

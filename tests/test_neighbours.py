@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hashlab import SparseMLP
-from hashlab.neighbours import WEIGHTS, HiddenNeighbours, _csr_topk
+from hashlab import SparseMLP, _C
+from hashlab.neighbours import WEIGHTS, HiddenNeighbours, _blend_votes
+from hashlab import neighbour_kernels as K
 
 from _tolerance import dot_error_bound
 
@@ -96,11 +97,59 @@ def test_blend_adds_weighted_votes_to_the_shortlist_probabilities(link):
         np.testing.assert_allclose(sc[i], [z[lab] for lab in want], rtol=1e-5, atol=1e-7)
 
 
-def test_csr_topk_pads_short_rows_with_the_lowest_unused_ids():
-    Z = sp.csr_matrix(np.array([[0.0, 0.0, 0.5, 0.0, 0.2], [0.1, 0.1, 0.1, 0.0, 0.3]], np.float32))
-    vals, cols = _csr_topk(Z, 3)
-    assert cols.tolist() == [[2, 4, 0], [4, 0, 1]]
-    np.testing.assert_array_equal(vals, np.array([[0.5, 0.2, 0.0], [0.3, 0.1, 0.1]], np.float32))
+def test_blend_pads_short_rows_with_the_lowest_unused_ids():
+    # weight 0: the shortlist probabilities alone; a label whose probability underflows to 0
+    # ranks as an unlisted one (by id)
+    scores = np.array([[0.0, -1e4, np.log(0.25)], [2.0, 1.0, 0.5]], np.float32)
+    labels = np.array([[3, 0, 1], [4, 2, 0]])
+    vals, cols = _blend_votes(scores, labels, None, 0.0, 6, 5)
+    p = np.exp([0.0, np.log(0.25)]) / np.exp([0.0, np.log(0.25)]).sum()
+    assert cols[0].tolist() == [3, 1, 0, 2, 4]
+    np.testing.assert_allclose(vals[0], [p[0], p[1], 0, 0, 0], rtol=1e-6)
+    assert cols[1].tolist() == [4, 2, 0, 1, 3]
+
+
+def reference_pool(cq, codes, m):
+    """The m rows of smallest Hamming distance, ties to the lower id, in numpy."""
+    dist = np.bitwise_count(cq[:, None, :] ^ codes[None, :, :]).sum(2)
+    return np.stack([np.lexsort((np.arange(codes.shape[0]), d))[:m] for d in dist])
+
+
+@pytest.mark.parametrize("words,m", [(1, 1), (1, 7), (4, 30), (4, 500), (2, 64)])
+def test_hamming_pool_is_the_m_nearest_codes_ties_to_the_lower_id(words, m):
+    rng = np.random.default_rng(words * 100 + m)
+    # few set bits: many equal distances, so the tie rule decides
+    codes = (rng.random((500, words, 64)) < 0.05).astype(np.uint64)
+    codes = (codes << np.arange(64, dtype=np.uint64)).sum(2).astype(np.uint64)
+    cq = codes[rng.integers(0, 500, 9)] ^ np.uint64(1)
+    np.testing.assert_array_equal(K.hamming_pool(cq, codes, m), reference_pool(cq, codes, m))
+    ids, _ = _C.hamming_topm(cq, codes, m)  # the batch kernel: the same rows in the same order
+    np.testing.assert_array_equal(ids, reference_pool(cq, codes, m))
+
+
+def test_few_rows_give_what_the_batch_path_gives(monkeypatch):
+    import hashlab.neighbours as N
+    rng = np.random.default_rng(7)
+    n, d, L = 900, 24, 30
+    Htr = rng.standard_normal((n, d)).astype(np.float32)
+    lists = [rng.choice(L, size=rng.integers(1, 5), replace=False) for _ in range(n)]
+    nb = HiddenNeighbours(Htr, labels_csr(lists, L), n_neighbours=9, power=3.0, weight=1.5)
+    monkeypatch.setattr(N, "EXACT_UP_TO", 100)
+    Hq = rng.standard_normal((70, d)).astype(np.float32)
+    ids, cos = nb.neighbours(Hq)  # >= _SCAN_BLOCK rows: _C.hamming_topm and einsum
+    V = nb.votes(Hq).toarray()
+    scores = rng.standard_normal((70, 8)).astype(np.float32)
+    labels = np.array([rng.choice(L, size=8, replace=False) for _ in range(70)])
+    sc, lb = nb.blend(Hq, scores, labels, 5)
+    for i in (0, 1, 33, 69):
+        one = Hq[i:i + 1]
+        i1, c1 = nb.neighbours(one)
+        np.testing.assert_array_equal(i1[0], ids[i])
+        np.testing.assert_allclose(c1[0], cos[i], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(nb.votes(one).toarray()[0], V[i], rtol=1e-5, atol=1e-7)
+        s1, l1 = nb.blend(one, scores[i:i + 1], labels[i:i + 1], 5)
+        np.testing.assert_array_equal(l1[0], lb[i])
+        np.testing.assert_allclose(s1[0], sc[i], rtol=1e-5, atol=1e-7)
 
 
 def memorised_xmc(seed=0, n=600, d=60, L=40):
