@@ -49,7 +49,8 @@ from .slide_fit import _Training
 from .slide_io import _ModelFile
 from .slide_weights import _Adam, _uniform
 from .tables import LSHTables
-from .topk import dense_topk
+from .topk import SERIAL_ROWS, dense_topk
+from .topk_int8 import Int8Rows, topk_int8
 from .wta import DWTAHash
 
 # Re-exported: SparseMLP's file format (hashlab.slide_io), training loop (hashlab.slide_fit), inputs
@@ -420,7 +421,9 @@ class SparseMLP(_Training, _ModelFile):
     def predict_topk(self, X, k=5, mode="dense", batch_size=256):
         """Top-k labels of CSR rows X (n, input_dim).
 
-        mode "dense" scores every label; "lsh" scores only the candidates an
+        mode "dense" scores every label (calls of fewer than 16 rows through an int8 copy of the
+        output layer, the float32 result certified by an error bound: hashlab.topk_int8); "lsh"
+        scores only the candidates an
         OutputRetriever over the output layer returns (hashlab.retrieval, built on first
         use and after training steps), falling back to dense scoring for rows with fewer
         than k candidates. With a re-ranker (fit's rerank), the top max(k, 32) so found are
@@ -450,7 +453,9 @@ class SparseMLP(_Training, _ModelFile):
         for s in range(0, n, batch_size):
             Xb = X if n <= batch_size else X[s:s + batch_size]  # a CSR slice costs 0.1 ms a call
             H = self._hidden(Xb)[-1]
-            if mode == "dense":
+            if mode == "dense" and H.shape[0] < SERIAL_ROWS:
+                sc, lb = topk_int8(H, self.out_w.w, self.out_b.w, short, self._int8_rows())
+            elif mode == "dense":
                 sc, lb = dense_topk(H, self.out_w.w, self.out_b.w, short)
             else:
                 sc, lb = self._lsh_topk(H, short)
@@ -460,6 +465,14 @@ class SparseMLP(_Training, _ModelFile):
                 sc, lb = nb.blend(H, sc, lb, k, link="softmax" if rr is None else rr.link)
             scores[s:s + batch_size], labels[s:s + batch_size] = sc, lb
         return scores, labels
+
+    def _int8_rows(self):
+        """The output layer's int8 copy for few-row prediction (hashlab.topk_int8), rebuilt when
+        the weights have changed (keyed on ``self.step``); not saved in model files."""
+        cached = getattr(self, "_int8", None)
+        if cached is None or cached[0] != self.step or cached[1] is not self.out_w.w:
+            self._int8 = (self.step, self.out_w.w, Int8Rows(self.out_w.w))
+        return self._int8[2]
 
     def _lsh_topk(self, H, k):
         """Top-k by output-space retrieval (hashlab.retrieval.OutputRetriever over the output
@@ -494,9 +507,12 @@ class SparseMLP(_Training, _ModelFile):
 
     @property
     def nbytes(self):
-        """Bytes of weights, Adam moments, LSH tables and stored keys."""
+        """Bytes of weights, Adam moments, LSH tables and stored keys (and of the output layer's
+        int8 copy once a few-row prediction has built it)."""
         params = sum(p.nbytes for p in self.layers + self.biases + [self.out_w, self.out_b])
         stages = sum(st.nbytes for st in (self.reranker, self.neighbours) if st is not None)
+        cached = getattr(self, "_int8", None)
+        stages += cached[2].nbytes if cached is not None else 0
         if self.inference_only:  # weights alone: no moments, tables or keys
             return int(params + stages)
         extra = self._sched.nbytes + self._qbuf.nbytes if self.hash == "learned" else 0
