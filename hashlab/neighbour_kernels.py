@@ -86,25 +86,41 @@ def nearest(Q, H, pool, kn):
 
 
 @numba.njit(cache=True, nogil=True)
+def _sum_by_label(lab, val):
+    """(labels ascending int64, float64 sums of val per label), labels whose sum is 0 left out."""
+    order = np.argsort(lab, kind="mergesort")
+    n = lab.size
+    ul = np.empty(n, np.int64)
+    uv = np.empty(n, np.float64)
+    u = q = 0
+    while q < n:
+        lb = lab[order[q]]
+        s = 0.0
+        while q < n and lab[order[q]] == lb:
+            s += val[order[q]]
+            q += 1
+        if s != 0.0:
+            ul[u], uv[u] = lb, s
+            u += 1
+    return ul[:u], uv[:u]
+
+
+@numba.njit(cache=True, nogil=True)
 def votes(ids, cos, power, y_indptr, y_indices):
     """ids, cos (nq, kn) from ``nearest``; the stored rows' labels as CSR (y_indptr (n + 1,),
     y_indices) int64: the votes as CSR (indptr (nq + 1,) int64, labels int64 ascending per
     row, values float32)."""
     nq, kn = ids.shape
     indptr = np.zeros(nq + 1, np.int64)
-    total = 0
+    counts = np.zeros(nq, np.int64)  # label entries of each row's neighbours
     for i in range(nq):
         for c in range(kn):
-            r = ids[i, c]
-            total += y_indptr[r + 1] - y_indptr[r]
-    labels = np.empty(total, np.int64)
-    values = np.empty(total, np.float32)
+            counts[i] += y_indptr[ids[i, c] + 1] - y_indptr[ids[i, c]]
+    labels = np.empty(counts.sum(), np.int64)
+    values = np.empty(counts.sum(), np.float32)
     n_out = 0
     for i in range(nq):
-        cnt = 0
-        for c in range(kn):
-            r = ids[i, c]
-            cnt += y_indptr[r + 1] - y_indptr[r]
+        cnt = counts[i]
         lab = np.empty(cnt, np.int64)
         wt = np.empty(cnt, np.float64)
         p = 0
@@ -116,23 +132,12 @@ def votes(ids, cos, power, y_indptr, y_indices):
                 lab[p] = y_indices[q]
                 wt[p] = w
                 p += 1
-        order = np.argsort(lab, kind="mergesort")
-        start = n_out
-        tot = 0.0
-        q = 0
-        while q < cnt:
-            lb = lab[order[q]]
-            s = 0.0
-            while q < cnt and lab[order[q]] == lb:
-                s += wt[order[q]]
-                q += 1
-            if s != 0.0:
-                labels[n_out] = lb
-                values[n_out] = s  # normalised below
-                tot += s
-                n_out += 1
-        for q in range(start, n_out):
-            values[q] = np.float32(values[q] / tot) if tot > 0 else np.float32(0.0)
+        ul, uv = _sum_by_label(lab, wt)
+        tot = uv.sum()
+        for q in range(ul.size):
+            labels[n_out + q] = ul[q]
+            values[n_out + q] = np.float32(uv[q] / tot)
+        n_out += ul.size
         indptr[i + 1] = n_out
     return indptr, labels[:n_out], values[:n_out]
 
@@ -158,22 +163,9 @@ def blend_topk(p, labels, v_indptr, v_labels, v_values, weight, n_labels, k):
         for q in range(a, b):
             lab[C + q - a] = v_labels[q]
             val[C + q - a] = np.float64(np.float32(v_values[q] * wt))
-        order = np.argsort(lab, kind="mergesort")
-        ul = np.empty(nu, np.int64)
-        uv = np.empty(nu, np.float64)
-        u = 0
-        q = 0
-        while q < nu:
-            lb = lab[order[q]]
-            s = 0.0
-            while q < nu and lab[order[q]] == lb:
-                s += val[order[q]]
-                q += 1
-            if s != 0.0:  # a label at 0 ranks as an unlisted one (by id, after every positive)
-                ul[u] = lb
-                uv[u] = s
-                u += 1
-        top = np.argsort(-uv[:u], kind="mergesort")  # ul ascending: ties keep the lower id
+        ul, uv = _sum_by_label(lab, val)  # a label at 0 ranks as an unlisted one (by id)
+        u = ul.size
+        top = np.argsort(-uv, kind="mergesort")  # ul ascending: ties keep the lower id
         t = min(k, u)
         for c in range(t):
             out_l[i, c] = ul[top[c]]
