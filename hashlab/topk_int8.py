@@ -114,10 +114,14 @@ def topk_int8(H, W, b, k, rows):
     global fallbacks
     H = np.ascontiguousarray(H, np.float32)
     W = np.ascontiguousarray(W, np.float32)
-    n, d = H.shape
-    L = W.shape[0]
+    if H.ndim != 2 or W.ndim != 2 or H.shape[1] != W.shape[1]:
+        raise ValueError(f"H, W: expected (n, d) and (L, d), got {H.shape} and {W.shape}")
+    if b is not None and np.shape(b) != (W.shape[0],):
+        raise ValueError(f"b: expected shape ({W.shape[0]},), got {np.shape(b)}")
     if rows.shape != W.shape:
         raise ValueError(f"rows: expected an Int8Rows of shape {W.shape}, got {rows.shape}")
+    n, d = H.shape
+    L = W.shape[0]
     k = min(int(k), L)
     b = np.zeros(L, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
     C = max(4 * k, MIN_CANDIDATES)

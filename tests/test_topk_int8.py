@@ -77,6 +77,10 @@ def test_bad_input():
     W = np.ones((5, 4), np.float32)
     with pytest.raises(ValueError, match="Int8Rows of shape"):
         T.topk_int8(np.ones((1, 4), np.float32), W, None, 2, T.Int8Rows(np.ones((6, 4), np.float32)))
+    with pytest.raises(ValueError, match="H, W"):
+        T.topk_int8(np.ones((1, 3), np.float32), W, None, 2, T.Int8Rows(W))
+    with pytest.raises(ValueError, match="b: expected"):
+        T.topk_int8(np.ones((1, 4), np.float32), W, np.ones(4, np.float32), 2, T.Int8Rows(W))
 
 
 def test_sparse_mlp_one_row_prediction_is_the_scan_of_the_current_weights():
