@@ -16,8 +16,10 @@ or the sigmoid of the (logistic) re-ranker's, label by label (``link``). ``weigh
 Measured (benchmarks/README.md, "What was tried"): Debian Depends test P@1 0.733 -> 0.756,
 P@5 0.360 -> 0.372 at a 15.4 s budget.
 
-The search is exact (one sgemm per batch against the stored (n_train, hidden) float32
-activations): prediction cost grows with the number of training rows.
+The search is exact up to EXACT_UP_TO stored rows (one sgemm per batch against the stored
+(n_train, hidden) float32 activations); beyond, the cosines are those of the rows whose SimHash
+codes are nearest in Hamming distance (SCAN_FACTOR per neighbour wanted), so prediction cost
+still grows with the number of training rows, through the codes' scan.
 """
 from __future__ import annotations
 
@@ -185,10 +187,9 @@ def fit_stage(model, X, Y, val, deadline):
             break
         Xb = Xv[s:s + _VAL_BLOCK]
         sc, lb = model._shortlist(Xb, SHORTLIST)
-        parts.append((sc, lb, nb.votes(model.hidden_activations(Xb))))
+        parts.append((sc, lb, nb._vote_arrays(model.hidden_activations(Xb))))
     sc, lb = np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
-    V = sp.vstack([p[2] for p in parts]).tocsr()
-    votes = (V.indptr.astype(np.int64), V.indices.astype(np.int64), V.data.astype(np.float32))
+    votes = _concat_votes([p[2] for p in parts])
     Yv = sp.csr_matrix(Yv)[:lb.shape[0]]
     k5 = min(5, lb.shape[1])
     base, base5 = _p1_of(lb[:, :1], Yv), _pk_of(lb[:, :k5], Yv)
@@ -206,6 +207,16 @@ def fit_stage(model, X, Y, val, deadline):
                    "val_P@1_with": best, "weight": best_w, "kept": best_w > 0,
                    "seconds": time.perf_counter() - t0})
     return (nb if best_w > 0 else None), report
+
+
+def _concat_votes(blocks):
+    """Row blocks of vote CSR arrays (indptr, labels, values), in order, as one such triple."""
+    indptrs, start = [np.zeros(1, np.int64)], 0
+    for vp, _, _ in blocks:
+        indptrs.append(vp[1:] + start)
+        start += int(vp[-1])
+    return (np.concatenate(indptrs), np.concatenate([b[1] for b in blocks]).astype(np.int64),
+            np.concatenate([b[2] for b in blocks]).astype(np.float32))
 
 
 def _blend_votes(scores, labels, votes, weight, n_labels, k, link="softmax"):

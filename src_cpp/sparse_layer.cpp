@@ -37,6 +37,23 @@ void check_param(const DenseParam& P, const char* name) {
     fail(std::string(name) + ": expected weights and Adam moments of matching shape");
 }
 
+// Softmax cross-entropy of one row of logits z (size,), target spread evenly over its nl labels:
+// at positions ids[0..nl) or, with ids null, 0..nl (an active set lists its labels first).
+// Returns the loss; z becomes dLoss/dz = softmax(z) - target.
+double softmax_xent_row(const VectorOps& ops, float* z, int64_t size, const int32_t* ids, int64_t nl) {
+  auto pos = [&](int64_t p) { return ids ? (int64_t)ids[p] : p; };
+  float zmax = -std::numeric_limits<float>::infinity();
+  for (int64_t a = 0; a < size; ++a) zmax = std::max(zmax, z[a]);
+  double lsum = 0;
+  for (int64_t p = 0; p < nl; ++p) lsum += z[pos(p)];
+  const float sum = ops.exp_shift_sum(z, size, zmax);
+  const double loss = (double)zmax + std::log((double)sum) - lsum / (double)nl;
+  const float inv = 1.0f / sum, tgt = 1.0f / (float)nl;
+  for (int64_t a = 0; a < size; ++a) z[a] *= inv;
+  for (int64_t p = 0; p < nl; ++p) z[pos(p)] -= tgt;
+  return loss;
+}
+
 // Per-thread scratch for active-set building: stamps mark membership without clearing.
 struct Scratch {
   std::vector<uint32_t> mark;
@@ -169,16 +186,8 @@ OutputStats sparse_output_train(const OutputBatch& B, DenseParam& W, DenseParam&
       float* zi = z.data() + off[i];
       const int64_t size = off[i + 1] - off[i];
       const int64_t l0 = B.label_indptr[i], nl = B.label_indptr[i + 1] - l0;
-      auto label_pos = [&](int64_t p) { return all_active ? (int64_t)B.label_ids[l0 + p] : p; };
-      float zmax = -std::numeric_limits<float>::infinity();
-      for (int64_t a = 0; a < size; ++a) zmax = std::max(zmax, zi[a]);
-      double lsum = 0;
-      for (int64_t p = 0; p < nl; ++p) lsum += zi[label_pos(p)];
-      const float sum = ops.exp_shift_sum(zi, size, zmax);
-      loss[i] = (double)zmax + std::log((double)sum) - lsum / (double)nl;
-      const float inv = 1.0f / sum, tgt = 1.0f / (float)nl;
-      for (int64_t a = 0; a < size; ++a) zi[a] *= inv;
-      for (int64_t p = 0; p < nl; ++p) zi[label_pos(p)] -= tgt;
+      loss[i] = all_active ? softmax_xent_row(ops, zi, size, B.label_ids + l0, nl)
+                           : softmax_xent_row(ops, zi, size, nullptr, nl);
     }
   });
 
@@ -243,17 +252,8 @@ double softmax_xent_grad(float* Z, int64_t n, int64_t n_out, const int64_t* labe
   std::vector<double> loss(n, 0.0);
   parallel_for(n, 4, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      float* zi = Z + i * n_out;
       const int64_t l0 = label_indptr[i], nl = label_indptr[i + 1] - l0;
-      float zmax = -std::numeric_limits<float>::infinity();
-      for (int64_t a = 0; a < n_out; ++a) zmax = std::max(zmax, zi[a]);
-      double lsum = 0;
-      for (int64_t p = 0; p < nl; ++p) lsum += zi[label_ids[l0 + p]];
-      const float sum = ops.exp_shift_sum(zi, n_out, zmax);
-      loss[i] = (double)zmax + std::log((double)sum) - lsum / (double)nl;
-      const float inv = 1.0f / sum, tgt = 1.0f / (float)nl;
-      for (int64_t a = 0; a < n_out; ++a) zi[a] *= inv;
-      for (int64_t p = 0; p < nl; ++p) zi[label_ids[l0 + p]] -= tgt;
+      loss[i] = softmax_xent_row(ops, Z + i * n_out, n_out, label_ids + l0, nl);
     }
   });
   double total = 0;

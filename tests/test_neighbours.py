@@ -301,3 +301,20 @@ def test_hamming_preselection_keeps_the_closest_of_the_nearest_codes(monkeypatch
     monkeypatch.setattr(N, "SCAN_FACTOR", 1000)  # pre-selects every row: the exact answer
     ids, cos = nb.neighbours(Hq)
     np.testing.assert_array_equal(ids, exact_ids)
+
+
+def test_concat_votes_equals_scipy_vstack():
+    """fit_stage joins per-block vote arrays: the same matrix as stacking the blocks' CSR."""
+    from hashlab.neighbours import _concat_votes
+    rng = np.random.default_rng(3)
+    H = rng.standard_normal((60, 8)).astype(np.float32)
+    Y = labels_csr([rng.choice(12, size=rng.integers(1, 4), replace=False) for _ in range(60)], 12)
+    nb = HiddenNeighbours(H, Y, n_neighbours=5)
+    Q = rng.standard_normal((23, 8)).astype(np.float32)
+    blocks = [nb._vote_arrays(Q[s:s + 7]) for s in range(0, 23, 7)]  # 7, 7, 7, 2 rows
+    vp, vl, vv = _concat_votes(blocks)
+    got = sp.csr_matrix((vv, vl, vp), shape=(23, 12)).toarray()
+    ref = sp.vstack([sp.csr_matrix((b[2], b[1], b[0]), shape=(b[0].size - 1, 12)) for b in blocks]).toarray()
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got, nb.votes(Q).toarray())
+    assert vp.dtype == np.int64 and vl.dtype == np.int64 and vv.dtype == np.float32
